@@ -1,0 +1,1 @@
+"""Sub-commands of ``survey-estimator``; see :mod:`survey_estimator.cli`."""

@@ -1,0 +1,100 @@
+"""Per-order continuum normalisation and the model-input tensor: ONE implementation for all.
+
+The training sampler (synthetic spectra with blaze-like shapes and noise) and the preprocessing of
+real observations both call :func:`normalise_orders` and :func:`model_input`, so the networks
+never see a spectrum normalised differently from the ones they were trained on.
+
+Shapes: B spectra, O = 8 orders, P = 4096 pixels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NORMALISATION_VERSION = "poly3-upper-v1"
+"""Identifier of the normalisation below; part of the preprocessing version in model bundles."""
+DEGREE = 3
+ITERATIONS = 5
+LOW_CLIP = 1.0
+"""Pixels more than LOW_CLIP robust sigmas below the fit (absorption lines) leave the next fit."""
+HIGH_CLIP = 3.0
+"""Pixels more than HIGH_CLIP robust sigmas above the fit (cosmics) leave the next fit."""
+FLUX_RANGE = (-0.5, 2.0)
+"""Normalised flux is clipped to this range before it reaches a network."""
+
+
+def _design(n_pixels: int, degree: int, dtype, device) -> torch.Tensor:
+    x = torch.linspace(-1.0, 1.0, n_pixels, dtype=dtype, device=device)
+    return torch.stack([x**p for p in range(degree + 1)], dim=-1)  # (P, d+1)
+
+
+def continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int = DEGREE, iterations: int = ITERATIONS) -> torch.Tensor:
+    """Upper-envelope polynomial continuum per order.
+
+    Args:
+        flux: (B, O, P) float tensor, any positive scale (counts or normalised).
+        mask: (B, O, P) bool tensor, True = usable.
+    Returns:
+        (B, O, P) continuum, same dtype as ``flux``; orders with fewer than 10 usable pixels get 1.
+    """
+    work = torch.float64 if flux.dtype == torch.float64 else torch.float32
+    f = torch.where(mask, flux, torch.zeros((), dtype=flux.dtype, device=flux.device)).to(work)
+    m = mask.to(work)
+    A = _design(flux.shape[-1], degree, work, flux.device)
+    # Scale each order by its median so the fit is scale-free (counts or normalised flux alike).
+    scale = torch.nanmedian(torch.where(mask, f, torch.full_like(f, float("nan"))), dim=-1, keepdim=True).values
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    f = f / scale
+    w = m.clone()
+    eye = torch.eye(degree + 1, dtype=work, device=flux.device) * 1e-8
+    fit = torch.ones_like(f)
+    for _ in range(iterations):
+        AtWA = torch.einsum("pi,bop,pj->boij", A, w, A) + eye
+        AtWf = torch.einsum("pi,bop->boi", A, w * f)
+        coef = torch.linalg.solve(AtWA, AtWf.unsqueeze(-1)).squeeze(-1)
+        fit = coef @ A.T
+        r = (f - fit) * m
+        n = m.sum(-1, keepdim=True).clamp_min(1)
+        sd = torch.sqrt((r**2).sum(-1, keepdim=True) / n).clamp_min(1e-6)
+        w = m * ((r > -LOW_CLIP * sd) & (r < HIGH_CLIP * sd)).to(work)
+    enough = m.sum(-1, keepdim=True) >= 10
+    fit = torch.where(enough & (fit > 1e-3), fit, torch.ones_like(fit))
+    return (fit * scale).to(flux.dtype)
+
+
+def normalise_orders(flux: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divide each order by its continuum fit.
+
+    Args:
+        flux: (B, O, P) float tensor (counts or any positive scale; NaN allowed where masked).
+        mask: (B, O, P) bool tensor, True = usable.
+    Returns:
+        (normalised flux (B, O, P) with 1.0 where masked, mask (B, O, P) with non-finite results
+        removed).
+    """
+    mask = mask & torch.isfinite(flux)
+    cont = continuum_fit(torch.nan_to_num(flux), mask)
+    out = torch.nan_to_num(flux) / cont
+    mask = mask & torch.isfinite(out)
+    out = torch.where(mask, out, torch.ones_like(out))
+    return out, mask
+
+
+def model_input(norm_flux: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Network input from normalised flux and mask.
+
+    Returns:
+        (B, 2, O, P) float tensor: channel 0 is ``flux - 1`` clipped to ``FLUX_RANGE - 1`` and 0
+        where masked (0 = continuum, no information), channel 1 is the mask as 0/1.
+    """
+    x = torch.clamp(norm_flux, *FLUX_RANGE) - 1.0
+    x = torch.where(mask, x, torch.zeros_like(x))
+    return torch.stack([x, mask.to(x.dtype)], dim=1)
+
+
+def normalise_numpy(flux: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normalise_orders` for one spectrum given as numpy arrays (O, P); returns numpy."""
+    f = torch.as_tensor(np.asarray(flux, dtype=np.float64))[None]
+    m = torch.as_tensor(np.asarray(mask, dtype=bool))[None]
+    nf, nm = normalise_orders(f, m)
+    return nf[0].numpy(), nm[0].numpy()

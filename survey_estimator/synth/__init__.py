@@ -1,0 +1,1 @@
+"""Building the synthetic grid: sources (atmospheres, line lists), synthesis backends, the store."""
