@@ -76,3 +76,21 @@ def s3_bucket(s3_server, request):
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory) -> str:
+    """A tiny analytic grid store (Teff 5000-6000, log g 4.0-5.0, [M/H] -0.5..0.0: 5x3x2 nodes on
+    the standard fine wave grid), built in-process by the real build job. Returns its local path."""
+    from survey_estimator.synth.backend import BackendConfig
+    from survey_estimator.synth.build import BuildConfig, GridRanges, build_grid
+
+    out = str(tmp_path_factory.mktemp("tiny_grid") / "grid")
+    build_grid(BuildConfig(
+        out=out,
+        backend=BackendConfig(name="analytic"),
+        ranges=GridRanges(teff=(5000, 6000), logg=(4.0, 5.0), mh=(-0.5, 0.0)),
+        use_ray=False,
+        progress=False,
+    ))
+    return out

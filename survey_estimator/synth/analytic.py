@@ -7,7 +7,7 @@ optical depth varies smoothly with the labels::
 
 (neutral-like lines strengthen towards cool stars, ion-like lines with lower gravity), the
 Gaussian width combines thermal, microturbulent and instrumental (R) broadening, the Lorentz
-width grows with gravity, and the flux is ``exp(-sum_i tau_i(lambda))``, so it stays in (0, 1].
+width grows with gravity, and the flux is ``1 - 0.95 * (1 - exp(-sum_i tau_i(lambda)))``, so it stays in [0.05, 1].
 
 Like ATLAS9 it has a hole: nodes with Teff >= 8000 K and log g <= 1.0 raise
 :class:`MissingAtmosphere`, so missing-node handling is exercised without PySME.
@@ -23,6 +23,8 @@ from .backend import BackendConfig, MissingAtmosphere, base_physics
 N_LINES = 300
 SEED = 20240501
 VERSION = "analytic/1"
+MAX_DEPTH = 0.95
+"""Saturated lines bottom out at 1 - MAX_DEPTH, like real line cores."""
 
 
 def has_atmosphere(teff: float, logg: float, mh: float) -> bool:
@@ -73,4 +75,4 @@ class AnalyticBackend:
         for k in range(N_LINES):
             w = self.wave[i0[k] : i1[k]]
             tau[i0[k] : i1[k]] += tau0[k] * voigt_profile(w - self.centre[k], sigma[k], gamma[k]) / peak[k]
-        return np.exp(-tau).astype(np.float32)
+        return (1.0 - MAX_DEPTH * (1.0 - np.exp(-tau))).astype(np.float32)

@@ -17,7 +17,6 @@ Flow (:func:`build_grid`):
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -97,7 +96,8 @@ class NodeResult:
     status: str  # 'ok' | 'missing' | 'failed'
     flux: np.ndarray | None = None
     reason: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall-clock seconds in the worker
+    cpu_seconds: float = 0.0  # CPU seconds of the worker process (contention-free cost)
 
     @property
     def key(self) -> str:
@@ -118,17 +118,23 @@ class BuildReport:
     synthesised: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     node_seconds: list[float] = field(default_factory=list)
+    node_cpu_seconds: list[float] = field(default_factory=list)
 
     @property
     def seconds_per_node(self) -> float:
-        """Mean single-core synthesis time of the 'ok' nodes of this run (s)."""
+        """Mean wall time of one 'ok' node in its worker (s; includes CPU contention)."""
         return float(np.mean(self.node_seconds)) if self.node_seconds else float("nan")
+
+    @property
+    def cpu_seconds_per_node(self) -> float:
+        """Mean CPU time of one 'ok' node (s): the cost per node per core on an idle core."""
+        return float(np.mean(self.node_cpu_seconds)) if self.node_cpu_seconds else float("nan")
 
     def summary(self) -> str:
         return (
             f"grid {self.grid_id} at {self.uri}: {self.n_nodes} nodes, {self.skipped} already done, "
             f"{self.ok} ok, {self.missing} missing, {self.failed} failed in {self.wall_seconds:.1f} s "
-            f"({self.seconds_per_node:.2f} s per node per core)"
+            f"(per node: {self.seconds_per_node:.2f} s wall, {self.cpu_seconds_per_node:.2f} s CPU on one core)"
         )
 
 
@@ -182,12 +188,13 @@ def synthesize_nodes(config: BackendConfig, nodes: list[Node], blobs: list | Non
         return [NodeResult(*n, status="failed", reason=reason) for n in nodes]
     out = []
     for teff, logg, mh in nodes:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             flux = backend.synthesize(teff, logg, mh)
             if not np.all(np.isfinite(flux)):
                 raise ValueError(f"{int(np.sum(~np.isfinite(flux)))} non-finite flux values")
-            out.append(NodeResult(teff, logg, mh, "ok", flux, seconds=time.perf_counter() - t0))
+            out.append(NodeResult(teff, logg, mh, "ok", flux, seconds=time.perf_counter() - t0,
+                                  cpu_seconds=time.process_time() - c0))
         except MissingAtmosphere as exc:
             out.append(NodeResult(teff, logg, mh, "missing", reason=str(exc)))
         except Exception as exc:  # noqa: BLE001 - recorded as the node's reason
@@ -233,9 +240,14 @@ def build_grid(config: BuildConfig) -> BuildReport:
                 setattr(report, r.status, getattr(report, r.status) + 1)
                 if r.status == "ok":
                     report.node_seconds.append(r.seconds)
+                    report.node_cpu_seconds.append(r.cpu_seconds)
+                    log.debug("node %s: %.1f s wall, %.1f s CPU", r.key, r.seconds, r.cpu_seconds)
                 elif r.status == "failed":
                     log.warning("node %s failed: %s", r.key, r.reason)
             bar.update(len(shard_results))
+            if report.node_cpu_seconds:
+                log.info("%d/%d nodes done; mean per node %.1f s wall, %.1f s CPU", len(report.synthesised), len(todo),
+                         report.seconds_per_node, report.cpu_seconds_per_node)
             bar.set_postfix(ok=report.ok, missing=report.missing, failed=report.failed)
         bar.close()
     store.finalise()
@@ -247,7 +259,7 @@ def build_grid(config: BuildConfig) -> BuildReport:
 def _progress(config: BuildConfig, total: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="node", desc="build-grid", disable=not config.progress or None, smoothing=0.1)
+    return tqdm(total=total, unit="node", desc="build-grid", disable=not config.progress, smoothing=0.1, mininterval=5.0)
 
 
 def ensure_ray(num_cpus: int | None = None):
@@ -290,12 +302,3 @@ def _run_ray(config: BuildConfig, work: list[list[Node]]):
             reason = f"task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             yield [NodeResult(*n, status="failed", reason=reason) for n in shard]
         submit()
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a local file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
