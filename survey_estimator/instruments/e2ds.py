@@ -1,0 +1,151 @@
+"""Old-DRS extracted 2D spectra (``*_e2ds_A.fits``): HARPS-N (``HIERARCH TNG``) and HARPS (``HIERARCH ESO``).
+
+Primary image (n_orders, 4096) of extracted counts, blaze NOT removed. Wavelengths (air,
+observatory frame) from the header polynomial::
+
+    lambda[o, x] = sum_{p=0..d} C[o*(d+1) + p] * x**p,   d = DRS CAL TH DEG LL, x = 0..4095
+
+The matching blaze (``DRS BLAZE FILE``) is looked for next to the file (also with ':' written as
+'-', optionally gzipped, and in sibling night folders); without it the flux stays blaze-shaped
+and the observation says so (``blaze_corrected=False``).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..layout import wavelength_solution
+from ..observation import Observation, ReadError
+from .detect import Cards, Source, open_fits
+from .metadata import common, order_snr
+from .noise import count_variance
+
+log = logging.getLogger(__name__)
+
+_COEFF = re.compile(r"(?:ESO|TNG) DRS CAL TH COEFF LL(\d+)$")
+
+
+def wavelengths(name: str, header: fits.Header, cards: Cards, shape: tuple[int, int]) -> np.ndarray:
+    """Evaluate the header wavelength solution for an image of ``shape`` (n_orders, n_pixels).
+
+    Raises:
+        ReadError: missing degree or coefficient cards, or a coefficient count that does not match
+            the number of rows.
+    """
+    degree = cards.get("DRS CAL TH DEG LL")
+    coeffs = {int(m.group(1)): header[k] for k in header if (m := _COEFF.match(k))}
+    if degree is None or not coeffs:
+        raise ReadError(name, "missing wavelength solution (no DRS CAL TH DEG LL / COEFF LL cards)")
+    degree = int(degree)
+    n_orders, n_pixels = shape
+    need = n_orders * (degree + 1)
+    missing = [i for i in range(need) if i not in coeffs]
+    if missing:
+        raise ReadError(
+            name,
+            f"wrong shape or missing cards: {n_orders} rows need {need} COEFF LL cards, "
+            f"{len(missing)} missing (first: LL{missing[0]})",
+        )
+    c = np.array([float(coeffs[i]) for i in range(need)])
+    return wavelength_solution(c, degree, n_pixels)
+
+
+def saturation_level(bits: int = 16, window: float = 17) -> float:
+    """Upper bound (ADU) of an unsaturated extracted pixel: every one of the ``window`` detector
+    pixels summed by the extraction at full scale (2**bits - 1)."""
+    return (2.0**bits - 1) * window
+
+
+def find_blaze(path: Path, blaze_name: str) -> Path | None:
+    """Locate the blaze file named in the header next to ``path`` (or one night folder away)."""
+    stems = {blaze_name, blaze_name.replace(":", "-")}
+    candidates = [s + ext for s in stems for ext in ("", ".gz")]
+    folders = [path.parent]
+    if path.parent.parent.is_dir():
+        folders += sorted(p for p in path.parent.parent.iterdir() if p.is_dir() and p != path.parent)
+    for folder in folders:
+        for c in candidates:
+            if (folder / c).is_file():
+                return folder / c
+    return None
+
+
+def read_blaze(source: Source, shape: tuple[int, int]) -> np.ndarray:
+    """Blaze image (n_orders, n_pixels), ~1 at peak; NaN where not positive.
+
+    Raises:
+        ReadError: unreadable file or a shape that does not match the spectrum.
+    """
+    name, hdul = open_fits(source)
+    with hdul:
+        data = hdul[0].data
+        if data is None or data.shape != shape:
+            got = None if data is None else data.shape
+            raise ReadError(name, f"wrong shape: blaze {got} does not match spectrum {shape}")
+        blaze = np.asarray(data, dtype=np.float64)
+    return np.where(blaze > 0, blaze, np.nan)
+
+
+def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: Source | None = None) -> Observation:
+    """Read an old-DRS e2ds file (already opened and checked) into an :class:`Observation`.
+
+    Args:
+        blaze: explicit blaze source; None = look for ``DRS BLAZE FILE`` next to ``name``.
+    """
+    header = hdul[0].header
+    flux = np.asarray(hdul[0].data, dtype=np.float64)
+    if flux.ndim != 2 or flux.shape[1] < 100:
+        raise ReadError(name, f"wrong shape: e2ds image {flux.shape} (expected n_orders x 4096)")
+    wave = wavelengths(name, header, cards, flux.shape)
+    conad = cards.float("DRS CCD CONAD") or 1.0
+    sigdet = cards.float("DRS CCD SIGDET") or 0.0
+    variance = count_variance(flux, conad, sigdet)
+    bits = int(cards.get("DET BITS", 16) or 16)
+    window = float(cards.get("DRS SPE EXT WINDOW", 17) or 17)
+    saturated = flux > saturation_level(bits, window)
+    notes: list[str] = []
+    blaze_used = None
+    if blaze is None:
+        bname = cards.get("DRS BLAZE FILE")
+        if bname and Path(name).exists():
+            found = find_blaze(Path(name), Path(str(bname)).name)
+            blaze = found
+            if found is None:
+                notes.append(f"blaze file {bname} not found next to the spectrum")
+        elif bname:
+            notes.append(f"blaze file {bname} not available for in-memory input")
+        else:
+            notes.append("no DRS BLAZE FILE card")
+    if blaze is not None:
+        b = read_blaze(blaze, flux.shape)
+        flux, variance = flux / b, variance / b**2
+        blaze_used = str(blaze[0] if isinstance(blaze, tuple) else blaze)
+        notes.append(f"blaze: {blaze_used}")
+    mask = np.isfinite(flux) & np.isfinite(variance) & ~saturated
+    if saturated.any():
+        notes.append(f"{int(saturated.sum())} saturated pixels masked")
+    kw = common(header, cards, instrument)
+    return Observation(
+        flux=flux,
+        variance=variance,
+        wave=wave,
+        mask=mask,
+        medium="air",
+        frame="observatory",
+        instrument=instrument,
+        drs_version=str(cards.get("DRS VERSION", "old-DRS")),
+        kind="e2ds",
+        source=name,
+        bjd=cards.float("DRS BJD"),
+        berv_kms=cards.float("DRS BERV"),
+        rv_kms=cards.float("DRS CCF RVC"),
+        snr=order_snr(header, r"(?:ESO|TNG) DRS SPE EXT SN(\d+)$", first=0),
+        blaze_corrected=blaze_used is not None,
+        orders=np.arange(flux.shape[0]),
+        notes=notes,
+        **kw,
+    )

@@ -1,0 +1,380 @@
+"""ONE path from an :class:`~survey_estimator.observation.Observation` to model input.
+
+Steps (each recorded in :class:`Flag` bits of the result):
+
+1. keep the rows / pixels near the canonical range (5026-5395 A);
+2. vacuum -> air where needed (IAU / Morton 2000);
+3. mask what the observation lacks: NaN, non-positive and (reader-flagged) saturated pixels,
+   order edges of echelle data, cosmic-ray outliers; echelle data in a foreign layout (HARPS,
+   ESPRESSO) are flattened per native order, since several native orders with different
+   throughputs feed one canonical order;
+4. shift to the stellar rest frame: BERV for observatory-frame data, then the pipeline's RV where
+   the header has one, else an RV measured by cross-correlation (:mod:`survey_estimator.rv`);
+5. degrade to R = 115,000 where the instrument is sharper (ESPRESSO);
+6. resample into the canonical HARPS-N layout (:func:`survey_estimator.layout.resample_to_layout`;
+   HARPS-N echelle data: each canonical order from its one matching native row): pixels no input
+   covers (HARPS CCD gap, band ends) are masked, never zero-filled;
+7. normalise per order with :func:`survey_estimator.normalise.normalise_orders`, the same code the
+   training sampler uses, and build the network input with ``model_input``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+import numpy as np
+import torch
+from scipy.ndimage import binary_dilation, gaussian_filter1d, median_filter
+
+from . import normalise
+from .layout import C_KMS, LAYOUT_VERSION, N_ORDERS, canonical_wave, doppler_factor, resample_to_layout
+from .observation import Observation, ReadError
+from .rv import RVMeasurement, measure_rv
+
+log = logging.getLogger(__name__)
+
+PREPROCESSING_VERSION = f"pre-v1+{normalise.NORMALISATION_VERSION}+{LAYOUT_VERSION}"
+"""Identifier of this preprocessing (with the normalisation and layout it embeds); stored in model
+bundles and catalogue rows."""
+
+
+class Flag(IntFlag):
+    """What preprocessing did or found. Bit values are stable: the catalogue stores them."""
+
+    RESAMPLED = 1 << 0
+    """Resampled by wavelength into the canonical layout (always, since the rest-frame shift moves
+    every pixel)."""
+    GAP_MASKED = 1 << 1
+    """Canonical pixels inside the observed range that no input covers (HARPS CCD gap) are masked."""
+    RV_MEASURED = 1 << 2
+    """The stellar RV was measured by cross-correlation (no usable pipeline RV)."""
+    BLAZE_MISSING = 1 << 3
+    """Old-DRS counts without their blaze: normalised with the blaze shape still in (HARPS-N, as
+    in training) or after flattening each native order (foreign layouts)."""
+    ORDERS_MISSING = 1 << 4
+    """At least one canonical order has less than ``min_order_fraction`` usable pixels."""
+    LOW_SNR = 1 << 5
+    """Median S/N per pixel over the canonical orders below ``low_snr``."""
+    DEGRADED_RESOLUTION = 1 << 6
+    """Convolved down to the target resolving power (sharper instrument)."""
+    VACUUM_CONVERTED = 1 << 7
+    """Vacuum wavelengths converted to air."""
+    BERV_APPLIED = 1 << 8
+    """Observatory-frame wavelengths moved to the barycentre with the header BERV."""
+    RV_FROM_HEADER = 1 << 9
+    """The pipeline's RV from the header was applied."""
+    RV_UNRELIABLE = 1 << 10
+    """The cross-correlation peak was weak; the rest frame is doubtful."""
+    COSMICS_MASKED = 1 << 11
+    """Upward outliers (cosmic rays) were masked."""
+    EDGES_MASKED = 1 << 12
+    """Order-edge pixels of echelle data were masked."""
+    BERV_MISSING = 1 << 13
+    """Observatory-frame data without BERV: the measured RV includes the Earth's motion."""
+
+    def names(self) -> list[str]:
+        """Names of the set bits, lowest first."""
+        return [f.name for f in Flag if f in self]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Tunable choices of the preprocessing (defaults are the versioned behaviour)."""
+
+    target_resolution: float = 115000.0
+    rv_source: str = "auto"
+    """"auto": header RV if present, else cross-correlation; "ccf": always measure; "none": no
+    stellar RV shift (the data are taken as barycentric = rest)."""
+    edge_pixels: int = 16
+    """Pixels masked at each end of every native echelle order."""
+    cosmic_sigma: float = 8.0
+    cosmic_fraction: float = 0.1
+    """A cosmic must exceed the running median by cosmic_sigma noise sigmas AND by this fraction
+    of the local flux level."""
+    cosmic_window: int = 9
+    low_snr: float = 10.0
+    min_order_fraction: float = 0.5
+    gap_min_A: float = 2.0
+    """A masked run wider than this (A) inside the observed range counts as a gap."""
+    margin_A: float = 10.0
+    """Native data within this margin (A) of the canonical range are kept."""
+
+
+@dataclass
+class ModelInput:
+    """The model input for one observation and what was done to get it.
+
+    Attributes:
+        wave: (8, 4096) float64 air rest-frame wavelengths, A (= ``canonical_wave()``).
+        flux: (8, 4096) float32 normalised flux (1.0 where masked).
+        mask: (8, 4096) bool, True = usable.
+        x: (2, 8, 4096) float32 network input from ``normalise.model_input``.
+        flags: :class:`Flag` bits.
+        rv_kms: stellar RV removed (km/s), None when none was applied.
+        rv_source: "header", "measured" or "none".
+        berv_kms: BERV applied (km/s), None when the data were already barycentric.
+        snr: median S/N per pixel over the canonical orders with data (before normalisation).
+        snr_orders: (8,) S/N per canonical order (NaN where empty).
+        masked_fraction: fraction of the 8 x 4096 pixels that are masked.
+        orders_used: native rows that contributed (empty for 1D input).
+        rv_measurement: the cross-correlation result when one was made.
+        observation: the observation's scalar metadata.
+        version: :data:`PREPROCESSING_VERSION`.
+    """
+
+    wave: np.ndarray
+    flux: np.ndarray
+    mask: np.ndarray
+    x: np.ndarray
+    flags: Flag
+    rv_kms: float | None
+    rv_source: str
+    berv_kms: float | None
+    snr: float
+    snr_orders: np.ndarray
+    masked_fraction: float
+    orders_used: list[int]
+    observation: dict
+    rv_measurement: RVMeasurement | None = None
+    version: str = PREPROCESSING_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """JSON-ready description (no pixel arrays)."""
+        return {
+            **self.observation,
+            "preprocessing_version": self.version,
+            "flags": int(self.flags),
+            "flag_names": self.flags.names(),
+            "rv_kms": self.rv_kms,
+            "rv_source": self.rv_source,
+            "rv_ccf_contrast": None if self.rv_measurement is None else self.rv_measurement.contrast,
+            "berv_applied_kms": self.berv_kms,
+            "snr": self.snr,
+            "snr_orders": [None if not np.isfinite(s) else round(float(s), 2) for s in self.snr_orders],
+            "masked_fraction": self.masked_fraction,
+            "orders_used": self.orders_used,
+            "usable_orders": int((self.mask.mean(axis=1) >= 0.5).sum()),
+        }
+
+
+def vacuum_to_air(wave_vac: np.ndarray) -> np.ndarray:
+    """Air wavelengths (A) from vacuum ones (IAU standard, Morton 2000; valid > 2000 A)."""
+    w = np.asarray(wave_vac, dtype=np.float64)
+    s2 = (1e4 / w) ** 2
+    n = 1 + 0.0000834254 + 0.02406147 / (130 - s2) + 0.00015998 / (38.9 - s2)
+    return w / n
+
+
+def cosmic_mask(flux: np.ndarray, variance: np.ndarray, usable: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Upward, sharp outliers per row: True where a pixel is a cosmic-ray hit (dilated by one pixel).
+
+    A hit rises above the running median by ``cosmic_sigma`` noise sigmas and ``cosmic_fraction``
+    of the local level, AND is sharper than the line-spread function allows: its excess over the
+    mean of its two neighbours is at least 40% of its excess over the median (a resolved spectral
+    peak sampled by >= 3 pixels per FWHM reaches ~25%).
+
+    Args:
+        flux, variance, usable: (n_rows, n_pixels).
+    """
+    out = np.zeros(flux.shape, dtype=bool)
+    for i, (f, v, u) in enumerate(zip(flux, variance, usable)):
+        good = np.flatnonzero(u)
+        if good.size < 3 * config.cosmic_window:
+            continue
+        filled = np.interp(np.arange(f.size), good, f[good])
+        med = median_filter(filled, size=config.cosmic_window, mode="nearest")
+        level = np.maximum(med, median_filter(filled, size=51, mode="nearest"))
+        r = filled - med
+        sharp = filled - 0.5 * (np.roll(filled, 1) + np.roll(filled, -1))
+        sigma = np.sqrt(np.where(u, v, np.inf))
+        hit = u & (r > config.cosmic_sigma * sigma) & (r > config.cosmic_fraction * np.abs(level)) & (sharp > 0.4 * r)
+        hit[[0, -1]] = False
+        out[i] = binary_dilation(hit, iterations=1) if hit.any() else hit
+    return out
+
+
+def degrade(wave: np.ndarray, flux: np.ndarray, variance: np.ndarray, usable: np.ndarray, r_from: float, r_to: float):
+    """Convolve each row with a Gaussian so that resolving power ``r_from`` becomes ``r_to``.
+
+    Returns (flux, variance, usable); masked pixels are filled by interpolation before the
+    convolution and their neighbours within two kernel sigmas become unusable.
+    """
+    fwhm_kms = C_KMS * np.sqrt(1.0 / r_to**2 - 1.0 / r_from**2)
+    flux, variance, usable = flux.copy(), variance.copy(), usable.copy()
+    for i in range(flux.shape[0]):
+        w, u = wave[i], usable[i]
+        good = np.flatnonzero(u)
+        if good.size < 10:
+            continue
+        dv = np.nanmedian(C_KMS * np.diff(w) / w[:-1])
+        sigma = fwhm_kms / 2.3548 / dv
+        x = np.arange(w.size)
+        f = np.interp(x, good, flux[i][good])
+        v = np.interp(x, good, variance[i][good])
+        flux[i] = gaussian_filter1d(f, sigma, mode="nearest")
+        variance[i] = gaussian_filter1d(v, sigma, mode="nearest") / (2 * np.sqrt(np.pi) * max(sigma, 0.5))
+        usable[i] = ~binary_dilation(~u, iterations=int(np.ceil(2 * sigma)))
+    return flux, variance, usable
+
+
+def _flatten_orders(flux: np.ndarray, variance: np.ndarray, usable: np.ndarray):
+    """Divide each native row by its upper-envelope continuum (normalise.continuum_fit)."""
+    f = torch.as_tensor(np.nan_to_num(flux))[None]
+    m = torch.as_tensor(usable)[None]
+    cont = normalise.continuum_fit(f, m)[0].numpy()
+    return flux / cont, variance / cont**2
+
+
+def _select(obs: Observation, margin: float):
+    """Rows (echelle) or pixels (1D) near the canonical range; returns 2D arrays and row ids."""
+    cw = canonical_wave()
+    lo, hi = cw.min() - margin, cw.max() + margin
+    wave = np.atleast_2d(obs.wave)
+    arrays = [np.atleast_2d(a) for a in (obs.flux, obs.variance, obs.mask)]
+    if obs.is_echelle:
+        rows = [i for i in range(wave.shape[0]) if np.any((wave[i] > lo) & (wave[i] < hi))]
+        ids = [int(obs.orders[i]) if obs.orders is not None else i for i in rows]
+        return wave[rows], *(a[rows] for a in arrays), ids
+    keep = np.flatnonzero((wave[0] > lo) & (wave[0] < hi))
+    sl = slice(keep.min(), keep.max() + 1)
+    return wave[:, sl], *(a[:, sl] for a in arrays), []
+
+
+def _resample_native(wave: np.ndarray, flux: np.ndarray, variance: np.ndarray, usable: np.ndarray):
+    """HARPS-N layout: each canonical order comes from the ONE native row nearest to it in
+    wavelength (as the training sampler renders it), never mixed with its overlapping neighbours,
+    whose throughput differs. Returns (flux, variance, mask), each (8, 4096)."""
+    cw = canonical_wave()
+    centres = np.nanmedian(wave, axis=1)
+    out = [np.full(cw.shape, np.nan), np.full(cw.shape, np.nan), np.zeros(cw.shape, dtype=bool)]
+    for k in range(cw.shape[0]):
+        r = int(np.nanargmin(np.abs(centres - np.median(cw[k]))))
+        f, v, m = resample_to_layout(wave[r : r + 1], flux[r : r + 1], variance[r : r + 1], usable[r : r + 1], target=cw[k : k + 1])
+        out[0][k], out[1][k], out[2][k] = f[0], v[0], m[0]
+    return tuple(out)
+
+
+def _has_gap(wave_rest: np.ndarray, mask: np.ndarray, min_width_A: float) -> bool:
+    """True if a run of masked canonical pixels wider than ``min_width_A`` lies strictly inside
+    the observed wavelength range (a detector gap, or a zero-filled gap in a merged 1D spectrum)."""
+    cw = canonical_wave()
+    lo, hi = np.nanmin(wave_rest), np.nanmax(wave_rest)
+    for w, m in zip(cw, mask):
+        bad = np.concatenate([[False], ~m & (w > lo) & (w < hi), [False]])
+        edges = np.flatnonzero(np.diff(bad.astype(int)))
+        for start, stop in zip(edges[::2], edges[1::2]):
+            if start > 0 and stop < w.size and w[stop - 1] - w[start] > min_width_A:
+                return True
+    return False
+
+
+def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> ModelInput:
+    """Turn an observation into the canonical model input (see the module docstring).
+
+    Raises:
+        ReadError: nothing usable is left in the canonical layout.
+    """
+    cfg = config or PreprocessConfig()
+    flags = Flag.RESAMPLED
+    notes: list[str] = []
+    wave, flux, var, usable, orders_used = _select(obs, cfg.margin_A)
+    wave, flux, var = wave.astype(np.float64), flux.astype(np.float64), var.astype(np.float64)
+
+    if obs.medium == "vacuum":
+        wave = vacuum_to_air(wave)
+        flags |= Flag.VACUUM_CONVERTED
+
+    usable = usable & np.isfinite(flux) & np.isfinite(var) & (var > 0) & np.isfinite(wave) & (flux > 0)
+    if obs.is_echelle and cfg.edge_pixels > 0:
+        usable[:, : cfg.edge_pixels] = False
+        usable[:, -cfg.edge_pixels :] = False
+        flags |= Flag.EDGES_MASKED
+    cosmics = cosmic_mask(flux, var, usable, cfg)
+    if cosmics.any():
+        usable &= ~cosmics
+        flags |= Flag.COSMICS_MASKED
+        notes.append(f"{int(cosmics.sum())} cosmic-ray pixels masked")
+
+    native = obs.is_echelle and obs.instrument == "HARPS-N"
+    if obs.kind == "e2ds" and not obs.blaze_corrected:
+        flags |= Flag.BLAZE_MISSING
+    if obs.is_echelle and not native:
+        # foreign echelle layout: several native orders feed one canonical order, so their
+        # different throughputs (and any blaze left in) are divided out first
+        flux, var = _flatten_orders(flux, var, usable)
+        notes.append("native orders flattened by their continuum fit before resampling")
+
+    # frame: observatory -> barycentric -> stellar rest
+    factor = 1.0
+    berv = None
+    if obs.frame == "observatory":
+        if obs.berv_kms is not None:
+            berv = obs.berv_kms
+            factor *= float(doppler_factor(berv))
+            flags |= Flag.BERV_APPLIED
+        else:
+            flags |= Flag.BERV_MISSING
+    rv, rv_source, meas = None, "none", None
+    if obs.frame != "rest" and cfg.rv_source != "none":
+        if cfg.rv_source == "auto" and obs.rv_kms is not None and not (flags & Flag.BERV_MISSING):
+            rv, rv_source = obs.rv_kms, "header"
+            flags |= Flag.RV_FROM_HEADER
+        else:
+            meas = measure_rv(wave * factor, flux, usable)
+            flags |= Flag.RV_MEASURED
+            if not meas.reliable or not np.isfinite(meas.rv_kms):
+                flags |= Flag.RV_UNRELIABLE
+            rv, rv_source = (meas.rv_kms if np.isfinite(meas.rv_kms) else 0.0), "measured"
+    if rv is not None:
+        factor /= float(doppler_factor(rv))
+    wave_rest = wave * factor
+
+    if obs.resolution > cfg.target_resolution * 1.01:
+        flux, var, usable = degrade(wave_rest, flux, var, usable, obs.resolution, cfg.target_resolution)
+        flags |= Flag.DEGRADED_RESOLUTION
+
+    if native:
+        f, v, m = _resample_native(wave_rest, flux, var, usable)
+    else:
+        f, v, m = resample_to_layout(wave_rest, flux, var, usable)
+    if _has_gap(wave_rest, m, cfg.gap_min_A):
+        flags |= Flag.GAP_MASKED
+    if not m.any():
+        raise ReadError(obs.source, "no usable pixels left in the canonical layout after masking")
+
+    frac = m.mean(axis=1)
+    if (frac < cfg.min_order_fraction).any():
+        flags |= Flag.ORDERS_MISSING
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(m, f / np.sqrt(v), np.nan)
+    snr_orders = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in ratio])
+    snr = float(np.nanmedian(snr_orders))
+    if not snr >= cfg.low_snr:
+        flags |= Flag.LOW_SNR
+
+    nf, nm = normalise.normalise_orders(torch.as_tensor(f)[None], torch.as_tensor(m)[None])
+    x = normalise.model_input(nf, nm)[0].to(torch.float32).numpy()
+    norm_flux = nf[0].numpy().astype(np.float32)
+    mask = nm[0].numpy().astype(bool)
+    result = ModelInput(
+        wave=np.array(canonical_wave()),
+        flux=norm_flux,
+        mask=mask,
+        x=x,
+        flags=flags,
+        rv_kms=rv,
+        rv_source=rv_source,
+        berv_kms=berv,
+        snr=snr,
+        snr_orders=snr_orders,
+        masked_fraction=float(1.0 - mask.mean()),
+        orders_used=orders_used,
+        observation=obs.metadata(),
+        rv_measurement=meas,
+        notes=notes,
+    )
+    assert result.x.shape == (2, N_ORDERS, canonical_wave().shape[1])
+    log.info("%s: %s rv=%s (%s) berv=%s snr=%.1f masked=%.3f", obs.source, "|".join(flags.names()), rv, rv_source, berv, snr, result.masked_fraction)
+    return result
