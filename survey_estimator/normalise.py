@@ -48,9 +48,12 @@ def continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int = DEGREE, 
     w = m.clone()
     eye = torch.eye(degree + 1, dtype=work, device=flux.device) * 1e-8
     fit = torch.ones_like(f)
+    # A^T W A as one matmul against the per-pixel outer products (P, (d+1)^2): the 3-operand
+    # einsum materialised a (B, O, P, d+1, d+1) intermediate and was ~20x slower at B = 256.
+    AA = (A[:, :, None] * A[:, None, :]).reshape(A.shape[0], -1)
     for _ in range(iterations):
-        AtWA = torch.einsum("pi,bop,pj->boij", A, w, A) + eye
-        AtWf = torch.einsum("pi,bop->boi", A, w * f)
+        AtWA = (w @ AA).reshape(*w.shape[:-1], degree + 1, degree + 1) + eye
+        AtWf = (w * f) @ A
         coef = torch.linalg.solve(AtWA, AtWf.unsqueeze(-1)).squeeze(-1)
         fit = coef @ A.T
         r = (f - fit) * m
