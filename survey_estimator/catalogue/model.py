@@ -1,0 +1,171 @@
+"""Which model writes the catalogue: resolve ``--model`` to a local bundle folder and a version.
+
+Accepted specs:
+
+* ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: the MLflow registry (tracking URI from
+  ``MLFLOW_TRACKING_URI``); the alias is resolved to a version number once, on the driver, so
+  every actor loads the same version even if the alias moves mid-run;
+* ``s3://bucket/prefix``: a bundle folder in object storage (downloaded to a temp folder);
+* a local bundle folder (``ModelBundle.load`` reads it).
+
+The version written to the catalogue is the registry version, or for a folder the first 12 hex
+digits of a SHA-256 over its files (so a retrained bundle at the same path is a new version).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..storage import StorageError, is_s3, redact, resolve
+
+log = logging.getLogger(__name__)
+
+_REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+
+
+class ModelNotFoundError(RuntimeError):
+    """The ``--model`` spec names no loadable bundle (absent, unknown version, refused by
+    ``ModelBundle.load``); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: the spec actors load from (pinned to a version) plus name and version."""
+
+    spec: str
+    name: str
+    version: str
+
+
+def default_model_spec() -> str | None:
+    """The shipped production bundle, when the models package provides one."""
+    try:
+        from ..models import bundle
+    except ImportError:
+        return None
+    fn = getattr(bundle, "default_bundle_path", None)
+    if fn is None:
+        return None
+    path = fn()
+    return str(path) if path else None
+
+
+def _load(folder) :
+    """``ModelBundle.load`` checking the preprocessing version against this code's."""
+    from ..models.bundle import BundleError, ModelBundle
+
+    try:
+        from ..preprocess import PREPROCESSING_VERSION
+    except ImportError:  # preprocessing not installed: the bundle's version is not checked
+        PREPROCESSING_VERSION = None
+    try:
+        return ModelBundle.load(folder, expect_preprocessing=PREPROCESSING_VERSION)
+    except BundleError as exc:
+        raise ModelNotFoundError(f"model bundle {folder} refused: {exc}") from None
+
+
+def folder_hash(path: str | os.PathLike) -> str:
+    """12-hex SHA-256 over the relative names and bytes of every file under ``path``."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _manifest_name(bundle, default: str) -> str:
+    m = getattr(bundle, "manifest", None)
+    if isinstance(m, dict):
+        return str(m.get("name") or m.get("model_name") or default)
+    return str(getattr(m, "name", None) or getattr(m, "model_name", None) or default)
+
+
+def _find_bundle_dir(root: Path) -> Path:
+    """The folder inside a downloaded registry artifact that ``ModelBundle.load`` reads."""
+    candidates = [root] + sorted(p for p in root.rglob("*") if p.is_dir())
+    for c in candidates:
+        if (c / "manifest.json").exists() or (c / "bundle.json").exists():
+            return c
+    return root
+
+
+def _mlflow_download(name: str, version: str, dst: str) -> Path:
+    from ..tracking import TrackingError, download_model
+
+    try:
+        path = download_model(f"models:/{name}/{version}", dst)
+    except TrackingError as exc:
+        raise ModelNotFoundError(redact(str(exc))) from None
+    return _find_bundle_dir(Path(path))
+
+
+def _s3_download(uri: str, dst: str) -> Path:
+    loc = resolve(uri)
+    files = loc.list_files(recursive=True)
+    if not files:
+        raise ModelNotFoundError(f"no model bundle at {uri}")
+    for info in files:
+        rel = info.path[len(loc.path) :].lstrip("/")
+        target = Path(dst) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(loc.fs.open_input_stream(info.path).read())
+    return Path(dst)
+
+
+def resolve_model(spec: str | None) -> ModelRef:
+    """Resolve ``--model`` (see module doc) to a pinned :class:`ModelRef`; fails fast.
+
+    Raises:
+        ModelNotFoundError: no spec and no shipped default, unknown registry name/alias/version,
+            or a folder that does not exist.
+    """
+    spec = spec or default_model_spec()
+    if not spec:
+        raise ModelNotFoundError("no --model given and no shipped production bundle: pass models:/NAME@ALIAS or a bundle folder")
+    m = _REGISTRY.match(spec)
+    if m:
+        from ..tracking import client as tracking_client
+
+        name = m.group("name")
+        try:
+            client = tracking_client()
+            if m.group("alias"):
+                version = str(client.get_model_version_by_alias(name, m.group("alias")).version)
+            else:
+                version = str(client.get_model_version(name, m.group("version")).version)
+        except Exception as exc:
+            raise ModelNotFoundError(f"model {spec} not found in the registry: {redact(str(exc))}") from None
+        return ModelRef(f"models:/{name}/{version}", name, version)
+    if spec.startswith("models:"):
+        raise ModelNotFoundError(f"model URI {spec!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    if is_s3(spec):
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = _s3_download(spec, tmp)
+                version = folder_hash(folder)
+                name = _manifest_name(_load(folder), Path(spec).name)
+        except StorageError as exc:
+            raise ModelNotFoundError(f"cannot read model bundle {spec}: {exc}") from None
+        return ModelRef(spec, name, version)
+    path = Path(spec).expanduser().resolve()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model bundle folder {path} does not exist")
+    bundle = _load(path)
+    return ModelRef(str(path), _manifest_name(bundle, path.name), folder_hash(path))
+
+
+def load_bundle(ref: ModelRef):
+    """Load the bundle a :class:`ModelRef` names (on an actor: downloads registry/S3 bundles)."""
+    if _REGISTRY.match(ref.spec):
+        return _load(_mlflow_download(ref.name, ref.version, tempfile.mkdtemp(prefix="se-model-")))
+    if is_s3(ref.spec):
+        return _load(_s3_download(ref.spec, tempfile.mkdtemp(prefix="se-model-")))
+    return _load(ref.spec)

@@ -1,0 +1,223 @@
+"""The nightly cataloguing run on Ray Data: list -> skip known -> read (CPU) -> estimate (actors) -> Parquet.
+
+Order of work in :func:`run_catalogue`:
+
+1. fail fast: resolve the model (registry or folder), list the archive (ETag and size), check
+   the catalogue root is reachable; nothing is computed before all three succeed;
+2. skip every (source_uri, etag) the catalogue already holds for this model version;
+3. ``map_batches(read_batch)`` on CPU tasks: fetch with retries, read, preprocess; one bad file
+   becomes an error row, never a failed block;
+4. ``map_batches(Predictor, compute=ActorPoolStrategy(size=actors), num_gpus=..., num_cpus=
+   fractional)``: the model is loaded once per actor; ``DataContext.wait_for_min_actors_s`` turns
+   a GPU that never appears into an error instead of a hang;
+5. ``write_parquet`` Hive-partitioned by night into NEW files named ``run-<run id>-...parquet``:
+   old files are never rewritten, so readers are safe during a run, and a rerun over the same
+   inputs writes nothing at all.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.compute as pc
+
+from ..storage import StorageError, redact, resolve, s3_env
+from .inventory import check_writable, done_keys, list_archive, new_work, open_catalogue, select_nights
+from .model import ModelRef, resolve_model
+from .read import ReadOptions, WorkerEnv, read_batch
+from .schema import PARTITION_COLUMN, SCHEMA, STATUS_OK
+
+log = logging.getLogger(__name__)
+
+SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_TOKEN",
+                   "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+"""Never put into a Ray ``runtime_env``: Ray logs runtime envs in clear (runtime_env_agent.log,
+ray-data.log). They travel inside pickled task arguments (:class:`WorkerEnv`) instead."""
+PLAIN_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL")
+
+
+class CatalogueError(RuntimeError):
+    """The run cannot proceed (bad arguments, no GPU node in time, ...); the message says why."""
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    """Everything one run needs. URIs are s3://bucket/prefix or local folders."""
+
+    archive: str
+    out: str
+    model: str | None = None
+    night: str | None = None
+    since: str | None = None
+    num_gpus: float = 0.0
+    """GPUs per model actor (0: CPU actors)."""
+    batch_size: int = 16
+    """Spectra per model call."""
+    actors: int = 1
+    actor_cpus: float = 0.5
+    """CPUs reserved per model actor (fractional so small machines keep CPUs for reading)."""
+    read_batch_size: int = 4
+    """Files per read task batch."""
+    actor_start_timeout_s: int = 600
+    """How long to wait for the actor pool (e.g. a GPU node from the autoscaler) before failing."""
+    use_dae: bool = True
+    retries: int = 5
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``written`` counts rows; ``files`` the Parquet files it created."""
+
+    run_id: str
+    model_name: str
+    model_version: str
+    listed: int = 0
+    selected: int = 0
+    skipped: int = 0
+    processed: int = 0
+    written: int = 0
+    ok: int = 0
+    errors: int = 0
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_date(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise CatalogueError(f"--{name} must be YYYY-MM-DD, got {value!r}") from None
+
+
+def worker_env() -> tuple[dict[str, str], WorkerEnv]:
+    """(non-secret variables for ``runtime_env.env_vars``, secret ones wrapped for task arguments).
+
+    S3 endpoint/region and MLflow URIs go to the runtime env; credentials never do.
+    """
+    env = {**s3_env(), **{k: os.environ[k] for k in PLAIN_ENV_VARS + SECRET_ENV_VARS if os.environ.get(k)}}
+    env.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "0"))
+    plain = {k: v for k, v in env.items() if k not in SECRET_ENV_VARS}
+    return plain, WorkerEnv({k: v for k, v in env.items() if k in SECRET_ENV_VARS})
+
+
+def ensure_ray() -> None:
+    """Connect to Ray: the cluster of ``ray job submit`` / RAY_ADDRESS, else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(runtime_env={"env_vars": worker_env()[0]}, log_to_driver=True)  # local workers inherit the rest
+
+
+class RunFilenames:
+    """Ray Data filename provider: ``run-<run id>-<write uuid>-<task>-{i}.parquet``."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def get_filename_for_block(self, block, write_uuid: str, task_index: int, block_index: int) -> str:
+        return f"run-{self.run_id}-{write_uuid}-{task_index:06d}-{block_index:06d}-{{i}}.parquet"
+
+    def get_filename_for_row(self, row, write_uuid: str, task_index: int, block_index: int, row_index: int) -> str:
+        return f"run-{self.run_id}-{write_uuid}-{task_index:06d}-{block_index:06d}-{row_index:06d}.parquet"
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"run-{self.run_id}-{write_uuid}-{task_index:06d}-{{i}}.parquet"
+
+
+def prepare(config: CatalogueConfig) -> tuple[ModelRef, list, dict, RunSummary]:
+    """Fail-fast checks and the work list: (model, files to process, blaze index, summary so far)."""
+    _check_date("night", config.night)
+    _check_date("since", config.since)
+    if config.batch_size < 1 or config.actors < 1:
+        raise CatalogueError("--batch-size and --actors must be at least 1")
+    ref = resolve_model(config.model)
+    listing = list_archive(config.archive)
+    check_writable(config.out)
+    summary = RunSummary(run_id=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
+                         model_name=ref.name, model_version=ref.version)
+    summary.listed = len(listing.files)
+    selected = select_nights(listing.files, config.night, config.since)
+    summary.selected = len(selected)
+    todo = new_work(selected, done_keys(config.out, ref.version))
+    summary.skipped = len(selected) - len(todo)
+    log.info("model %s version %s; %d files listed, %d selected, %d already catalogued, %d to process",
+             ref.name, ref.version, summary.listed, summary.selected, summary.skipped, len(todo))
+    return ref, todo, listing.blaze, summary
+
+
+def run_catalogue(config: CatalogueConfig) -> RunSummary:
+    """Catalogue new files of ``config.archive`` into ``config.out``; returns a :class:`RunSummary`.
+
+    Raises:
+        StorageError: archive or catalogue storage unreachable (before any work).
+        ModelNotFoundError: the model cannot be resolved (before any work).
+        CatalogueError: bad arguments, or the actor pool did not start in time.
+    """
+    t0 = time.time()
+    ref, todo, blaze, summary = prepare(config)
+    if not todo:
+        summary.seconds = time.time() - t0
+        log.info("nothing new to catalogue")
+        return summary
+
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from .predict import Predictor
+
+    ensure_ray()
+    ctx = DataContext.get_current()
+    ctx.wait_for_min_actors_s = int(config.actor_start_timeout_s)
+    plain, secrets = worker_env()
+    env = {"env_vars": plain}
+    opts = ReadOptions(night=config.night, since=config.since, blaze=blaze, retries=config.retries, env=secrets)
+    n_blocks = max(1, min(len(todo), -(-len(todo) // config.read_batch_size)))
+    ds = ray.data.from_items([f.as_dict() for f in todo], override_num_blocks=n_blocks)
+    ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=config.read_batch_size,
+                        batch_format="numpy", num_cpus=1, runtime_env=env)
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets},
+                        compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
+                        batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus,
+                        runtime_env=env)
+    out = resolve(config.out)
+    try:
+        ds.write_parquet(out.path, filesystem=out.fs, partition_cols=[PARTITION_COLUMN],
+                         filename_provider=RunFilenames(summary.run_id), schema=SCHEMA)
+    except Exception as exc:
+        if isinstance(exc, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in str(exc):
+            raise CatalogueError(
+                f"the model actor pool ({config.actors} x {config.num_gpus or 0} GPU, {config.actor_cpus} CPU) "
+                f"did not start within {config.actor_start_timeout_s} s: no node with those resources appeared"
+            ) from None
+        raise CatalogueError(f"catalogue run failed: {redact(str(exc))}") from None
+    summary.processed = len(todo)
+    _count_written(config.out, summary)
+    summary.seconds = time.time() - t0
+    log.info("run %s: wrote %d rows (%d ok, %d error) in %d files, %.1f s", summary.run_id, summary.written,
+             summary.ok, summary.errors, len(summary.files), summary.seconds)
+    return summary
+
+
+def _count_written(out_uri: str, summary: RunSummary) -> None:
+    """Fill ``written``/``ok``/``errors``/``files`` from the files this run created."""
+    ds = open_catalogue(out_uri, name_prefix=f"run-{summary.run_id}-")
+    if ds is None:
+        return
+    summary.files = [redact(f) for f in ds.files]
+    status = ds.to_table(columns=["status"])["status"]
+    summary.written = len(status)
+    summary.ok = int(pc.sum(pc.equal(status, STATUS_OK)).as_py() or 0)
+    summary.errors = summary.written - summary.ok
+
+
+__all__ = ["CatalogueConfig", "CatalogueError", "RunSummary", "run_catalogue", "prepare", "worker_env", "StorageError"]

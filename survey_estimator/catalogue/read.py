@@ -1,0 +1,242 @@
+"""The CPU stage: fetch, read and preprocess archive files into model inputs and row metadata.
+
+:func:`read_batch` is mapped over batches of listed objects by Ray Data. Every file is handled in
+its own try/except, so a corrupt, truncated or foreign file becomes an error row naming the reason
+and the rest of its batch goes on. Fetches retry with exponential backoff and jitter; a fetch that
+still fails is recorded as a *transient* error (retried on the next run).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from ..layout import N_ORDERS, N_PIXELS
+from ..storage import Location, StorageError, is_s3, redact, resolve, s3_filesystem
+from .inventory import TRANSIENT_PREFIX, blaze_key, night_selected
+from .schema import STATUS_ERROR, STATUS_OK, CatalogueFlag, night_from_mjd, night_now, night_of
+
+log = logging.getLogger(__name__)
+
+X_SHAPE = (2, N_ORDERS, N_PIXELS)
+META_STR = ("object", "instrument", "drs_version")
+META_FLOAT = ("ra_deg", "dec_deg", "mjd_obs", "bjd", "exptime_s", "berv_kms", "rv_kms")
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """Environment variables (credentials) to set in a Ray worker process before it touches storage.
+
+    Travels pickled inside task arguments, never in a ``runtime_env`` (Ray logs those in clear);
+    its ``repr`` shows names only.
+    """
+
+    values: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"WorkerEnv({', '.join(f'{k}=***' for k in sorted(self.values))})"
+
+    def apply(self) -> None:
+        """Set the variables in this process; drops the cached S3 filesystem when they change."""
+        changed = False
+        for k, v in self.values.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
+                changed = True
+        if changed:
+            _FS_CACHE.clear()
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Options of the read stage: night filters, blaze index (base name -> URI), fetch retries."""
+
+    night: str | None = None
+    since: str | None = None
+    blaze: dict | None = None
+    retries: int = 5
+    backoff_s: float = 0.5
+    env: WorkerEnv = field(default_factory=WorkerEnv)
+
+
+_FS_CACHE: dict = {}
+
+
+def _location(uri: str) -> Location:
+    """A Location for ``uri`` reusing one S3 filesystem per worker process."""
+    if not is_s3(uri):
+        return resolve(uri)
+    fs = _FS_CACHE.get("s3")
+    if fs is None:
+        fs = _FS_CACHE["s3"] = s3_filesystem()
+    return Location(fs, uri[len("s3://") :], uri)
+
+
+def fetch(uri: str, retries: int = 5, backoff_s: float = 0.5) -> bytes:
+    """Bytes of ``uri``, retrying storage errors with exponential backoff (0.5, 1, 2, ... s + jitter).
+
+    Raises:
+        StorageError: still failing after ``retries`` attempts (message redacted).
+    """
+    for attempt in range(retries):
+        try:
+            return _location(uri).read_bytes()
+        except StorageError as exc:
+            if attempt == retries - 1:
+                raise
+            delay = backoff_s * 2**attempt * (1 + 0.25 * random.random())
+            log.warning("fetch %s failed (%s); retry %d/%d in %.1f s", uri, exc, attempt + 1, retries - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _get(obs, name: str):
+    """Metadata ``name`` from an Observation: attribute, or entry of ``obs.meta``/``obs.metadata``."""
+    if hasattr(obs, name):
+        return getattr(obs, name)
+    for holder in ("meta", "metadata", "header_meta"):
+        h = getattr(obs, holder, None)
+        if isinstance(h, dict) and name in h:
+            return h[name]
+        if h is not None and hasattr(h, name):
+            return getattr(h, name)
+    return None
+
+
+def _float(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _str(v) -> str | None:
+    return None if v is None else str(v)
+
+
+def _night(obs, meta: dict, hint: str | None) -> str | None:
+    night = night_from_mjd(meta["mjd_obs"], meta["instrument"])
+    if night is None:
+        date_obs = _get(obs, "date_obs")
+        if date_obs:
+            try:
+                night = night_of(datetime.fromisoformat(str(date_obs).replace("Z", "")), meta["instrument"])
+            except ValueError:
+                night = None
+    return night or hint
+
+
+def _blaze_source(name: str, data: bytes, blaze_index: dict | None, retries: int, backoff_s: float):
+    """(name, bytes) of the blaze file an old-DRS e2ds header names, when the archive holds it."""
+    if not blaze_index:
+        return None
+    from astropy.io import fits
+
+    try:
+        with fits.open(io.BytesIO(data), lazy_load_hdus=True) as hdul:
+            header = hdul[0].header
+            value = next((header[k] for k in header.keys() if k.endswith("DRS BLAZE FILE")), None)
+    except Exception:  # the reader proper will report what is wrong with the file
+        return None
+    if not value:
+        return None
+    uri = blaze_index.get(blaze_key(str(value)))
+    if uri is None:
+        return None
+    return (uri.rsplit("/", 1)[-1], fetch(uri, retries, backoff_s))
+
+
+def _snr(mi, obs) -> float:
+    snr = getattr(mi, "snr", None)
+    if snr is None:
+        snr = _get(obs, "snr")
+    if snr is None:
+        return math.nan
+    arr = np.asarray(snr, dtype=np.float64).ravel()
+    arr = arr[np.isfinite(arr)]
+    return float(np.median(arr)) if arr.size else math.nan
+
+
+def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
+    """Read and preprocess one archive file into a row dict (with ``x``), never raising.
+
+    Returns a dict with the metadata columns, ``night``, ``snr``, ``flags``, ``status``,
+    ``error``, ``preprocessing_version`` and ``x`` (float32 (2, 8, 4096); zeros for error rows).
+    """
+    from .. import preprocess as pp
+    from ..instruments import read_observation
+
+    row: dict = {k: None for k in META_STR}
+    row.update({k: math.nan for k in META_FLOAT})
+    row.update(night=hint, snr=math.nan, flags=0, status=STATUS_ERROR, error=None,
+               preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")), x=np.zeros(X_SHAPE, np.float32))
+    name = uri.rsplit("/", 1)[-1]
+    try:
+        data = fetch(uri, opts.retries, opts.backoff_s)
+    except StorageError as exc:
+        row.update(error=f"{TRANSIENT_PREFIX} {redact(str(exc))}", flags=int(CatalogueFlag.READ_ERROR))
+        return row
+    try:
+        blaze = _blaze_source(name, data, opts.blaze, opts.retries, opts.backoff_s)
+        obs = read_observation((name, data), blaze=blaze)
+        for k in META_STR:
+            row[k] = _str(_get(obs, k))
+        for k in META_FLOAT:
+            row[k] = _float(_get(obs, k))
+        mi = pp.preprocess(obs)
+        for k in ("rv_kms", "berv_kms"):  # what preprocessing applied wins over the header
+            v = getattr(mi, k, None)
+            if v is not None and np.isfinite(_float(v)):
+                row[k] = _float(v)
+        x = np.asarray(mi.x, dtype=np.float32).reshape(X_SHAPE)
+        row.update(x=x, snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0), status=STATUS_OK,
+                   night=_night(obs, row, hint))
+    except ValueError as exc:  # the readers' typed error (and preprocessing refusals)
+        row.update(error=redact(str(exc)) or type(exc).__name__, flags=int(CatalogueFlag.READ_ERROR))
+    except Exception as exc:  # a bug or an unforeseen file: record it, keep the batch
+        log.exception("unexpected failure on %s", redact(uri))
+        row.update(error=redact(f"{name}: unexpected {type(exc).__name__}: {exc}"), flags=int(CatalogueFlag.READ_ERROR))
+    return row
+
+
+def read_batch(batch: dict[str, np.ndarray], opts: ReadOptions) -> dict[str, np.ndarray]:
+    """Ray Data batch function: listed objects in (uri, etag, size, night_hint), rows out.
+
+    Rows whose night (known after reading) fails the night filters are dropped.
+    """
+    opts.env.apply()
+    rows = []
+    for uri, etag, size, hint in zip(batch["uri"], batch["etag"], batch["size"], batch["night_hint"]):
+        row = read_one(str(uri), opts, None if hint is None else str(hint))
+        if not night_selected(row["night"], opts.night, opts.since):
+            continue
+        row["night"] = row["night"] or night_now()  # the partition value is never null
+        row.update(source_uri=str(uri), etag=str(etag), size_bytes=int(size))
+        rows.append(row)
+    return rows_to_batch(rows)
+
+
+def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Column arrays from row dicts; ``x`` stacked to (n, 2, 8, 4096)."""
+    keys = ["source_uri", "etag", "size_bytes", "night", *META_STR, *META_FLOAT, "snr", "flags", "status", "error", "preprocessing_version"]
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        vals = [r[k] for r in rows]
+        if k in META_FLOAT or k == "snr":
+            out[k] = np.asarray(vals, dtype=np.float64)
+        elif k in ("size_bytes", "flags"):
+            out[k] = np.asarray(vals, dtype=np.int64)
+        else:
+            arr = np.empty(len(vals), dtype=object)
+            arr[:] = vals
+            out[k] = arr
+    out["x"] = np.stack([r["x"] for r in rows]) if rows else np.zeros((0, *X_SHAPE), np.float32)
+    return out

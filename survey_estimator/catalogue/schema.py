@@ -1,0 +1,267 @@
+"""The catalogue's Parquet schema: a contract that tests, queries and users rely on.
+
+One row per (archive object, ETag, model version). Every column is declared once in
+:data:`COLUMNS` with its Arrow type, unit and description; :data:`SCHEMA` is built from it and
+docs/catalogue.md repeats it. ``night`` is the Hive partition column (``night=YYYY-MM-DD/``).
+
+Flags: the ``flags`` column is an int64 bitmask. Bits 0-31 are the preprocessing flags exactly as
+:class:`survey_estimator.preprocess.Flag` defines them (low S/N, orders missing, RV measured, ...);
+bits 32 and up are
+:class:`CatalogueFlag`, set by the catalogue from the prediction and the model input.
+:func:`flag_names` decodes a value into names from both.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ..labels import LABEL_AXES, LABEL_NAMES, LABEL_UNITS
+
+SCHEMA_VERSION = "catalogue/1"
+PARTITION_COLUMN = "night"
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+COV_SIZE = len(LABEL_NAMES) ** 2
+
+
+@dataclass(frozen=True)
+class Column:
+    """One catalogue column: name, Arrow type, unit ('' when none) and description."""
+
+    name: str
+    type: pa.DataType
+    unit: str
+    description: str
+
+
+def _label_columns() -> list[Column]:
+    cols = []
+    for name, axis in zip(LABEL_NAMES, LABEL_AXES):
+        unit = LABEL_UNITS[name]
+        cols.append(Column(name, pa.float64(), unit, f"Estimated {name} (posterior mean, physical units; grid {axis.start:g}..{axis.stop:g})."))
+        cols.append(Column(f"{name}_err", pa.float64(), unit, f"1-sigma uncertainty of {name} (calibrated, physical units)."))
+    return cols
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("source_uri", pa.string(), "", "Full URI of the archive object (s3://bucket/key or absolute local path)."),
+    Column("etag", pa.string(), "", "The object's ETag as listed (S3), or 'local-<size>-<mtime_ns>' for local files; a changed file gets new rows."),
+    Column("size_bytes", pa.int64(), "byte", "Object size as listed."),
+    Column("night", pa.string(), "", "Observing night YYYY-MM-DD (partition column): the calendar date of the local noon that starts the night, i.e. date(UTC + longitude/15 h - 12 h) at the observatory. From the observation date; for error rows from the date in the file name, else the night the file was catalogued (never null)."),
+    Column("object", pa.string(), "", "Target name from the header."),
+    Column("instrument", pa.string(), "", "Instrument (e.g. HARPS-N, HARPS, ESPRESSO)."),
+    Column("drs_version", pa.string(), "", "Data-reduction pipeline version that wrote the file."),
+    Column("ra_deg", pa.float64(), "deg", "Right ascension (ICRS) in degrees."),
+    Column("dec_deg", pa.float64(), "deg", "Declination (ICRS) in degrees."),
+    Column("mjd_obs", pa.float64(), "d", "Modified Julian date of the exposure start (UTC)."),
+    Column("bjd", pa.float64(), "d", "Barycentric Julian date (TDB) from the header, when present."),
+    Column("exptime_s", pa.float64(), "s", "Exposure time in seconds."),
+    Column("berv_kms", pa.float64(), "km/s", "Barycentric Earth radial velocity applied."),
+    Column("rv_kms", pa.float64(), "km/s", "Stellar radial velocity applied (header value, or measured: see flags)."),
+    Column("snr", pa.float64(), "", "Signal-to-noise ratio: median over the 8 canonical orders."),
+    *_label_columns(),
+    Column("cov", pa.list_(pa.float64()), "physical", "Full 4x4 covariance in physical units, row-major over (teff, logg, mh, vsini): a list of 16 float64 (reshape(4, 4)); null for error rows."),
+    Column("flags", pa.int64(), "", "Bitmask: bits 0-31 preprocessing flags, bits 32+ catalogue flags (see flag table)."),
+    Column("status", pa.string(), "", "'ok' (estimates present) or 'error' (estimates null, see error)."),
+    Column("error", pa.string(), "", "For error rows: the reason (file and cause); null for ok rows. Never holds credentials."),
+    Column("model_name", pa.string(), "", "Name of the model bundle (registry name for models:/ URIs)."),
+    Column("model_version", pa.string(), "", "Model version: the registry version number, or a content hash for a local bundle."),
+    Column("preprocessing_version", pa.string(), "", "Version of the preprocessing (readers + layout + normalisation) that made the model input."),
+    Column("processed_at", pa.timestamp("us", tz="UTC"), "", "When this row was computed (UTC)."),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+SCHEMA: pa.Schema = pa.schema(
+    [pa.field(c.name, c.type, metadata={"unit": c.unit, "description": c.description}) for c in COLUMNS],
+    metadata={"survey_estimator.schema": SCHEMA_VERSION},
+)
+DATA_SCHEMA: pa.Schema = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN], metadata=SCHEMA.metadata)
+"""Schema of the Parquet files themselves (the partition column lives in the directory names)."""
+
+
+CATALOGUE_FLAG_SHIFT = 32
+
+
+class CatalogueFlag(enum.IntFlag):
+    """Flags the catalogue adds to the preprocessing flags (bits 32 and up of ``flags``)."""
+
+    OUTSIDE_GRID = 1 << 32
+    EXTRAPOLATED = 1 << 33
+    MOSTLY_MASKED = 1 << 34
+    NONFINITE = 1 << 35
+    READ_ERROR = 1 << 36
+
+
+CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
+    CatalogueFlag.OUTSIDE_GRID: "A posterior mean lies outside the Table-1 label range of the training grid.",
+    CatalogueFlag.EXTRAPOLATED: "The mean is inside the grid but its 1-sigma interval crosses a grid edge for some label.",
+    CatalogueFlag.MOSTLY_MASKED: "More than half of the 8 x 4096 input pixels are masked.",
+    CatalogueFlag.NONFINITE: "The model returned a non-finite mean or sigma (values kept as NaN).",
+    CatalogueFlag.READ_ERROR: "The file could not be read or preprocessed (status 'error').",
+}
+
+
+def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Catalogue flags for a batch (low S/N, missing orders, RV measured are preprocessing flags).
+
+    Args:
+        mean: (B, 4) physical posterior means.
+        sigma: (B, 4) physical 1-sigma uncertainties.
+        mask: (B, 8, 4096) bool, True = usable pixel.
+
+    Returns:
+        (B,) int64 of :class:`CatalogueFlag` bits.
+    """
+    lo = np.array([a.start for a in LABEL_AXES])
+    hi = np.array([a.stop for a in LABEL_AXES])
+    out = np.zeros(len(mean), dtype=np.int64)
+    finite = np.isfinite(mean).all(axis=1) & np.isfinite(sigma).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        outside = ((mean < lo) | (mean > hi)).any(axis=1)
+        near = (((mean - sigma) < lo) | ((mean + sigma) > hi)).any(axis=1) & ~outside
+    out |= np.where(outside, int(CatalogueFlag.OUTSIDE_GRID), 0)
+    out |= np.where(near, int(CatalogueFlag.EXTRAPOLATED), 0)
+    out |= np.where(mask.reshape(len(mask), -1).mean(axis=1) < 0.5, int(CatalogueFlag.MOSTLY_MASKED), 0)
+    out |= np.where(~finite, int(CatalogueFlag.NONFINITE), 0)
+    return out
+
+
+def _attribute_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (the string literal after ``NAME = ...``) of a class, from its source."""
+    import ast
+    import inspect
+
+    try:
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.Assign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+            docs[stmt.targets[0].id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def flag_table() -> list[tuple[int, str, str]]:
+    """(bit value, name, description) for every named bit: preprocessing bits, then catalogue bits."""
+    from ..preprocess import Flag
+
+    docs = _attribute_docs(Flag)
+    rows = [(int(m), m.name, docs.get(m.name, "")) for m in Flag]
+    rows += [(int(m), m.name, CATALOGUE_FLAG_DOCS[m]) for m in CatalogueFlag]
+    return rows
+
+
+def flag_names(value: int) -> list[str]:
+    """Names of the bits set in a ``flags`` value (unknown bits as ``bitN``)."""
+    value = int(value)
+    names, known = [], 0
+    for bit, name, _ in flag_table():
+        if value & bit and bit & (bit - 1) == 0:
+            names.append(name)
+            known |= bit
+    rest = value & ~known
+    return names + [f"bit{i}" for i in range(64) if rest >> i & 1]
+
+
+# --- nights -------------------------------------------------------------------------------------
+
+OBSERVATORY_LONGITUDE_DEG: dict[str, float] = {
+    "HARPS-N": -17.889,  # TNG, Roque de los Muchachos, La Palma
+    "HARPN": -17.889,
+    "HARPS": -70.732,  # ESO 3.6 m, La Silla
+    "ESPRESSO": -70.404,  # VLT, Paranal
+}
+"""East longitude (degrees) of each instrument's observatory, for the local-noon night rule."""
+
+_KEY_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[-:](\d{2})[-:](\d{2}(?:\.\d+)?)")
+
+
+def night_of(when: dt.datetime, instrument: str | None = None) -> str:
+    """Observing night (YYYY-MM-DD) of a UTC time: the date of the local noon that starts it.
+
+    Local mean solar time at the observatory is UTC + longitude/15 h; the night runs from local
+    noon to the next local noon and is named after the date it starts on. Unknown instruments
+    use longitude 0 (UTC noon).
+    """
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    lon = OBSERVATORY_LONGITUDE_DEG.get((instrument or "").upper().replace("_", "-"), 0.0)
+    local = when + dt.timedelta(hours=lon / 15.0) - dt.timedelta(hours=12)
+    return local.date().isoformat()
+
+
+def night_from_mjd(mjd: float, instrument: str | None = None) -> str | None:
+    """Night of a modified Julian date (UTC); None when ``mjd`` is missing or not finite."""
+    if mjd is None or not np.isfinite(mjd):
+        return None
+    when = dt.datetime(1858, 11, 17) + dt.timedelta(days=float(mjd))
+    return night_of(when, instrument)
+
+
+def night_from_key(key: str) -> str | None:
+    """Night from an archive file name holding an ISO time (``HARPN.2016-01-08T02-30-21.236_...``).
+
+    The instrument is guessed from the name prefix (HARPN, HARPS, ESPRESSO); None when the name
+    holds no date.
+    """
+    base = key.rsplit("/", 1)[-1]
+    m = _KEY_DATE.search(base)
+    if not m:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}:{m.group(3)}:{m.group(4)}")
+    except ValueError:
+        return None
+    upper = base.upper()
+    inst = "HARPS-N" if "HARPN" in upper else "HARPS" if "HARPS" in upper else "ESPRESSO" if "ESPRESSO" in upper else None
+    return night_of(when, inst)
+
+
+def night_now() -> str:
+    """The current night at longitude 0 (for error rows whose observation date is unknown)."""
+    return night_of(dt.datetime.now(dt.timezone.utc))
+
+
+def columns_markdown() -> str:
+    """The column table of docs/catalogue.md (kept identical by a test)."""
+    lines = ["| column | type | unit | description |", "|---|---|---|---|"]
+    lines += [f"| `{c.name}` | {c.type} | {c.unit} | {c.description} |" for c in COLUMNS]
+    return "\n".join(lines)
+
+
+def flags_markdown() -> str:
+    """The flag table of docs/catalogue.md (kept identical by a test)."""
+    lines = ["| bit | set by | name | meaning |", "|---|---|---|---|"]
+    lines += [f"| {b.bit_length() - 1} | {'preprocessing' if b < 1 << CATALOGUE_FLAG_SHIFT else 'catalogue'} | `{n}` | {d} |"
+              for b, n, d in flag_table()]
+    return "\n".join(lines)
+
+
+def empty_table() -> pa.Table:
+    """A table with the catalogue schema and no rows."""
+    return SCHEMA.empty_table()
+
+
+def update_docs(path: str) -> None:
+    """Rewrite the column and flag tables of docs/catalogue.md from :data:`COLUMNS` and the flags."""
+    with open(path) as f:
+        doc = f.read()
+    for header, table in (("| column | type | unit | description |", columns_markdown()),
+                          ("| bit | set by | name | meaning |", flags_markdown())):
+        start = doc.index(header)
+        end = doc.find("\n\n", start)
+        doc = doc[:start] + table + (doc[end:] if end >= 0 else "\n")
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+if __name__ == "__main__":  # python -m survey_estimator.catalogue.schema docs/catalogue.md
+    import sys
+
+    update_docs(sys.argv[1] if len(sys.argv) > 1 else "docs/catalogue.md")

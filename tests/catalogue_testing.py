@@ -1,0 +1,55 @@
+"""Helpers for the catalogue tests: catalogue tables without running the pipeline."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from survey_estimator.catalogue.model import ModelRef
+from survey_estimator.catalogue.predict import build_table
+from survey_estimator.catalogue.read import META_FLOAT, rows_to_batch
+
+
+def fake_rows(uris, nights, status="ok", snr=50.0, etag="e1"):
+    """Read-stage rows (as read_batch makes them) for the given URIs and nights."""
+    rows = []
+    for uri, night in zip(uris, nights):
+        r = {k: 1.0 for k in META_FLOAT}
+        r.update(source_uri=uri, etag=etag, size_bytes=1000, night=night, object="HD 1", instrument="HARPS-N",
+                 drs_version="HARPN_3.7", snr=snr, flags=0, status=status, error=None if status == "ok" else "bad file",
+                 preprocessing_version="pp-1", x=np.zeros((2, 8, 4096), np.float32))
+        rows.append(r)
+    return rows_to_batch(rows)
+
+
+def write_catalogue(root, uris, nights, teff, model=("m", "1"), status="ok", etag="e1", fs=None):
+    """Write one run's worth of rows (teff values given; other labels fixed) as a new Parquet file."""
+    batch = fake_rows(uris, nights, status=status, etag=etag)
+    n = len(uris)
+    ok = np.array([status == "ok"] * n)
+    mean = np.column_stack([teff, np.full(n, 4.4), np.full(n, 0.0), np.full(n, 3.0)])
+    sigma = np.full((n, 4), 0.1)
+    cov = np.tile(np.diag([0.01] * 4).ravel(), (n, 1))
+    table = build_table(batch, ok, mean, sigma, cov, np.zeros(n, np.int64), ModelRef("x", *model))
+    pads.write_dataset(table, root, format="parquet", partitioning=["night"], partitioning_flavor="hive",
+                       basename_template=f"run-{uuid.uuid4().hex}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
+                       filesystem=fs)
+    return table
+
+
+def save_tiny_bundle(path, name="tiny-test", seed=0):
+    """An untrained tiny ResNet bundle saved with ModelBundle (real safetensors + manifest)."""
+    import torch
+
+    from survey_estimator.models.bundle import ModelBundle
+    from survey_estimator.models.registry import build_model
+
+    try:
+        from survey_estimator.preprocess import PREPROCESSING_VERSION
+    except ImportError:
+        PREPROCESSING_VERSION = "unset"
+    torch.manual_seed(seed)
+    bundle = ModelBundle.create(build_model("resnet", preset="tiny"), name=name,
+                                preprocessing_version=PREPROCESSING_VERSION, grid_id="test-grid", commit="test")
+    return bundle.save(path)

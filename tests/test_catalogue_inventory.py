@@ -1,0 +1,130 @@
+"""Archive listing (local and S3 with ETags), what is new, night selection, and the read stage on
+real FITS files (blaze found in the archive, broken files as error rows, transient fetch errors)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import boto3
+import numpy as np
+import pytest
+
+from catalogue_testing import write_catalogue
+from survey_estimator.catalogue.inventory import (ArchiveObject, done_keys, list_archive, new_work, night_selected,
+                                                  select_nights)
+from survey_estimator.catalogue.read import ReadOptions, fetch, read_batch, read_one
+from survey_estimator.catalogue.schema import CatalogueFlag
+from survey_estimator.storage import StorageError
+
+E2DS = "HARPS.2003-12-13T06-19-48.371_e2ds_A.fits"
+BLAZE = "HARPS.2003-12-12T21-42-45.093_blaze_A.fits"
+
+
+def test_local_listing_filters_and_indexes_blaze(tmp_path, data_dir):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(data_dir / E2DS, tmp_path / "a" / E2DS)
+    shutil.copy(data_dir / BLAZE, tmp_path / "a" / "b" / BLAZE)
+    (tmp_path / "a" / "b" / "x.fits.gz").write_bytes(b"\x1f\x8b junk")
+    (tmp_path / "notes.txt").write_text("not fits")
+    (tmp_path / "r.HARPN.2015-08-03T14-17-24.899_CCF_A.fits").write_bytes(b"ccf")
+    listing = list_archive(str(tmp_path))
+    names = [f.uri.rsplit("/", 1)[-1] for f in listing.files]
+    assert names == [E2DS, "x.fits.gz"]
+    assert listing.blaze == {BLAZE: str(tmp_path / "a" / "b" / BLAZE)}
+    e2ds = listing.files[0]
+    assert e2ds.size == os.path.getsize(data_dir / E2DS) and e2ds.night_hint == "2003-12-12"
+    before = e2ds.etag
+    os.utime(tmp_path / "a" / E2DS, ns=(1, 1))
+    assert list_archive(str(tmp_path)).files[0].etag != before, "a touched file must look new"
+
+
+def test_s3_listing_has_etags_and_sizes(s3_bucket):
+    s3 = boto3.client("s3")
+    body = b"SIMPLE  = T" + b" " * 100
+    s3.put_object(Bucket=s3_bucket, Key="raw/2016/HARPN.2016-01-08T02-30-21.236_e2ds_A.fits", Body=body)
+    s3.put_object(Bucket=s3_bucket, Key="raw/readme.md", Body=b"x")
+    s3.put_object(Bucket=s3_bucket, Key="rawother/y.fits", Body=b"y")
+    files = list_archive(f"s3://{s3_bucket}/raw").files
+    assert len(files) == 1
+    f = files[0]
+    assert f.uri == f"s3://{s3_bucket}/raw/2016/HARPN.2016-01-08T02-30-21.236_e2ds_A.fits"
+    assert f.etag == hashlib.md5(body).hexdigest() and f.size == len(body) and f.night_hint == "2016-01-07"
+    assert fetch(f.uri) == body
+
+
+def test_unreachable_bucket_fails_fast_without_secrets(s3_server):
+    with pytest.raises(StorageError) as err:
+        list_archive("s3://no-such-bucket-here/raw")
+    msg = str(err.value)
+    assert "no-such-bucket-here" in msg and os.environ["AWS_SECRET_ACCESS_KEY"] not in msg
+    with pytest.raises(StorageError):
+        list_archive("/definitely/not/a/folder")
+
+
+def test_missing_object_is_a_transient_error_row(s3_bucket):
+    with pytest.raises(StorageError):
+        fetch(f"s3://{s3_bucket}/gone.fits", retries=2, backoff_s=0.01)
+    row = read_one(f"s3://{s3_bucket}/gone.fits", ReadOptions(retries=2, backoff_s=0.01))
+    assert row["status"] == "error" and row["error"].startswith("transient:")
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in row["error"]
+
+
+def test_done_keys_and_new_work(tmp_path):
+    root = str(tmp_path / "cat")
+    write_catalogue(root, ["u1", "u2"], ["2016-01-07"] * 2, [5000.0, 5100.0], model=("m", "1"), etag="e1")
+    write_catalogue(root, ["u3"], ["2016-01-07"], [0.0], model=("m", "1"), status="error", etag="e1")
+    done = done_keys(root, "1")
+    assert ("u1", "e1") in done and ("u3", "e1") in done
+    assert done_keys(root, "2") == set()
+    files = [ArchiveObject("u1", "e1", 1), ArchiveObject("u1", "e2", 1), ArchiveObject("u5", "e1", 1)]
+    assert [(f.uri, f.etag) for f in new_work(files, done)] == [("u1", "e2"), ("u5", "e1")]
+    assert done_keys(str(tmp_path / "empty"), "1") == set()
+
+
+def test_transient_errors_are_retried(tmp_path):
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    root = str(tmp_path / "cat")
+    t = write_catalogue(root, ["u4"], ["2016-01-07"], [0.0], status="error", etag="e1")
+    shutil.rmtree(root)
+    t = t.set_column(t.schema.get_field_index("error"), "error", pa.array(["transient: cannot read s3://b/u4"]))
+    pads.write_dataset(t, root, format="parquet", partitioning=["night"], partitioning_flavor="hive")
+    assert done_keys(root, "1") == set()
+
+
+def test_night_selection():
+    files = [ArchiveObject("a", "", 1, "2016-01-06"), ArchiveObject("b", "", 1, "2016-01-07"), ArchiveObject("c", "", 1, None)]
+    assert [f.uri for f in select_nights(files, night="2016-01-07")] == ["b", "c"]
+    assert [f.uri for f in select_nights(files, since="2016-01-07")] == ["b", "c"]
+    assert [f.uri for f in select_nights(files)] == ["a", "b", "c"]
+    assert night_selected("2016-01-08", None, "2016-01-07") and not night_selected("2016-01-06", None, "2016-01-07")
+
+
+def test_read_stage_uses_archive_blaze_and_isolates_bad_files(tmp_path, data_dir):
+    shutil.copy(data_dir / E2DS, tmp_path / E2DS)
+    shutil.copy(data_dir / BLAZE, tmp_path / BLAZE)
+    (tmp_path / "garbage.fits").write_bytes(b"\x00" * 5000)
+    trunc = tmp_path / "HARPS.2003-12-14T01-00-00.000_e2ds_A.fits"
+    trunc.write_bytes((data_dir / E2DS).read_bytes()[:30000])
+    listing = list_archive(str(tmp_path))
+    batch = {k: np.array([getattr(f, k) for f in listing.files], dtype=object)
+             for k in ("uri", "etag", "size", "night_hint")}
+    from survey_estimator.preprocess import Flag
+
+    out = read_batch(batch, ReadOptions(blaze=listing.blaze))
+    by_name = {u.rsplit("/", 1)[-1]: i for i, u in enumerate(out["source_uri"])}
+    i = by_name[E2DS]
+    assert out["status"][i] == "ok" and out["x"].shape == (3, 2, 8, 4096)
+    assert not out["flags"][i] & Flag.BLAZE_MISSING, "the archive's blaze file should have been used"
+    assert out["instrument"][i] == "HARPS" and out["night"][i] == "2003-12-12" and np.isfinite(out["snr"][i])
+    assert np.isfinite(out["x"][i]).all() and out["x"][i, 1].mean() > 0.5
+    for name in ("garbage.fits", trunc.name):
+        j = by_name[name]
+        assert out["status"][j] == "error" and name in out["error"][j]
+        assert out["flags"][j] == int(CatalogueFlag.READ_ERROR) and not out["x"][j].any()
+    assert out["night"][by_name[trunc.name]] == "2003-12-13"  # from the file name
+    assert out["night"][by_name["garbage.fits"]] is not None
+    without = read_batch({k: v[[i]] for k, v in batch.items()}, ReadOptions())
+    assert without["flags"][0] & Flag.BLAZE_MISSING
