@@ -1,0 +1,121 @@
+"""Training throughput of one worker: samples per second for the default networks, and the share of
+each step spent generating the batch with the sampler (the GPU utilisation the sampler allows).
+
+    python bench/train.py [--grid URI] [--device auto|cpu|cuda] [--batch 16] [--steps 4] [--warmup 1]
+                          [--models resnet attention dae both] [--preset seed|tiny] [--json out.json]
+
+Per network, three timings of a training step at the given batch (median over ``--steps``):
+``sample`` (the sampler makes one batch on the device), ``model`` (forward, loss, backward and
+optimiser step on a batch already there, bf16 autocast on CUDA) and ``full`` = sample + model,
+as the training loop runs it. Reported: samples/s per worker (``batch / full``), the sampler's
+share ``sample / full``, and ``model / full``, the fraction of a worker's step the accelerator
+spends on the network (the utilisation ceiling the on-device sampler leaves). One process, no DDP:
+multi-worker throughput is this figure times the workers minus the all-reduce (small for these
+few-million-parameter nets). Rates are per wall second and per CPU second of this process (the
+latter stays fair on a loaded shared machine; it is meaningless for CUDA).
+
+Without --grid the tiny analytic grid of bench/sampler.py is built in a temporary directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sampler import tiny_grid  # noqa: E402  (bench/sampler.py)
+
+from survey_estimator.models.registry import describe  # noqa: E402
+from survey_estimator.training.config import TrainConfig  # noqa: E402
+from survey_estimator.training.loop import EpochRunner  # noqa: E402
+from survey_estimator.training.components import build_networks, build_optimisers  # noqa: E402
+
+TASKS = {"resnet": ("estimator", "resnet"), "attention": ("estimator", "attention"), "dae": ("dae", "resnet"),
+         "both": ("both", "resnet")}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device):
+    _sync(device)
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int, warmup: int, preset: str) -> dict:
+    task, model = TASKS[name]
+    cfg = TrainConfig(grid=grid, task=task, model=model, preset=preset, batch_size=batch, steps_per_epoch=1)
+    torch.manual_seed(0)
+    nets = {k: m.to(device) for k, m in build_networks(cfg).items()}
+    runner = EpochRunner(cfg, device, 0, nets, build_optimisers(cfg, nets))
+    for n in nets.values():
+        n.train()
+    rows = []
+    for i in range(warmup + steps):
+        batch_, t_s, c_s = _timed(lambda: runner.sampler.sample(batch, "train"), device)
+        _, t_m, c_m = _timed(lambda: runner._step(batch_.x, batch_.clean, batch_.labels, train=True), device)
+        if i >= warmup:
+            rows.append((t_s, c_s, t_m, c_m))
+    t_s, c_s, t_m, c_m = (statistics.median(r[k] for r in rows) for k in range(4))
+    full, cfull = t_s + t_m, c_s + c_m
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()}
+    return {
+        "net": name, "arch": {k: describe(m)[0] for k, m in nets.items()}, "params": params, "device": str(device),
+        "batch": batch, "amp_bf16": device.type == "cuda",
+        "sample_s": t_s, "model_s": t_m, "full_s": full,
+        "samples_per_s": batch / full, "samples_per_cpu_s": batch / cfull if cfull > 0 else None,
+        "model_only_samples_per_s": batch / t_m, "sampler_share": t_s / full, "model_share": t_m / full,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grid", help="grid store URI (default: a tiny analytic grid in a temp dir)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=None, help="default 16 on CPU, 128 on CUDA")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=["resnet", "attention", "dae"], choices=sorted(TASKS))
+    p.add_argument("--preset", default="seed", choices=("seed", "tiny"))
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    batch = args.batch or (128 if device.type == "cuda" else 16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = args.grid or tiny_grid(tmp)
+        results = [bench_one(m, grid, device, batch, args.steps, args.warmup, args.preset) for m in args.models]
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+           "loadavg": os.getloadavg()}
+    print(f"# training throughput per worker, {device} (torch {env['torch']}, {env['threads']} threads, "
+          f"load {env['loadavg'][0]:.1f}), batch {batch}, preset {args.preset}\n")
+    print("| net | params | samples/s | samples/CPU-s | model-only samples/s | sampler share | model share |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        cpu = f"{r['samples_per_cpu_s']:.1f}" if r["samples_per_cpu_s"] else "-"
+        print(f"| {r['net']} | {sum(r['params'].values()):,} | {r['samples_per_s']:.1f} | {cpu} | "
+              f"{r['model_only_samples_per_s']:.1f} | {100 * r['sampler_share']:.0f}% | {100 * r['model_share']:.0f}% |")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Score a model bundle on held-out grid nodes at fixed S/N, the way the seed measured its models.
+
+For each S/N in ``EvalConfig.snrs``: ``n`` spectra at the test nodes (labels never seen in training,
+exact synthetic spectra, random v sin i, RV, shapes, masks, noise at that S/N), predicted by the
+bundle; scored raw (network sigmas) and calibrated (sigmas times per-label factors). The factors
+are either fitted on validation nodes (``fit_calibration``; S/N drawn over the whole range given)
+or the bundle's stored ones. Figures: residuals (Fig. 3), sigma vs label (Fig. 4), coverage, and
+attention maps over one spectrum (Fig. 5) for attention nets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..labels import LABEL_NAMES
+from ..sampling import Sampler, SamplerConfig
+from . import plots
+from .metrics import Scores, coverage_table, fit_calibration_scales, mae_table, score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """What to score.
+
+    Attributes:
+        snrs: S/N values of the test sets.
+        split: 'test' (held-out nodes), 'val' or 'train'.
+        n: spectra per S/N.
+        batch_size: spectra per forward pass.
+        teff_range: (lo, hi) K to keep only those test labels (None = all).
+        use_dae: run the bundle's DAE first (when it has one).
+        fit_calibration: fit per-label sigma factors on validation nodes (else use the bundle's).
+        calibration_snr: (lo, hi) log-uniform S/N range of the calibration set.
+        split_seed, val_fraction, test_fraction: the node split (must match training).
+        seed: the random stream of the test spectra.
+    """
+
+    snrs: tuple[float, ...] = (20.0, 100.0)
+    split: str = "test"
+    n: int = 2000
+    batch_size: int = 64
+    teff_range: tuple[float, float] | None = None
+    use_dae: bool = True
+    fit_calibration: bool = True
+    calibration_snr: tuple[float, float] = (10.0, 200.0)
+    split_seed: int = 0
+    val_fraction: float = SamplerConfig.val_fraction
+    test_fraction: float = SamplerConfig.test_fraction
+    seed: int = 12345
+
+
+@dataclass
+class PredictionSet:
+    """Predictions on one test set (physical units, (N, 4) arrays)."""
+
+    name: str
+    snr: float | None
+    true: np.ndarray
+    mean: np.ndarray
+    sigma_raw: np.ndarray
+
+
+@dataclass
+class EvaluationReport:
+    """Scores per test set, raw and calibrated, with the calibration factors (4,)."""
+
+    sets: dict[str, PredictionSet]
+    calibration: np.ndarray
+    calibration_source: str
+    raw: dict[str, Scores] = field(default_factory=dict)
+    calibrated: dict[str, Scores] = field(default_factory=dict)
+    attention: dict | None = None
+    """{"wave": (8, 4096), "flux": (8, 4096), "maps": (3, 8, 4096), "labels": (4,)} for attention nets."""
+
+    def markdown(self) -> str:
+        cal = ", ".join(f"{n} x{s:.3f}" for n, s in zip(LABEL_NAMES, self.calibration))
+        return "\n\n".join([
+            "### MAE per label (test nodes)", mae_table(self.raw),
+            "### Within 1 / 2 sigma, raw network sigmas", coverage_table(self.raw),
+            f"### Within 1 / 2 sigma, calibrated ({self.calibration_source}: {cal})", coverage_table(self.calibrated),
+        ])
+
+    def flat_metrics(self) -> dict[str, float]:
+        """``test_snr20/mae_teff``-style scalars (raw and ``..._cal``), and the calibration factors."""
+        out: dict[str, float] = {}
+        for key, s in self.raw.items():
+            out.update(s.flat(f"{_slug(key)}/"))
+        for key, s in self.calibrated.items():
+            c = s.flat(f"{_slug(key)}/")
+            out.update({f"{k}_cal": v for k, v in c.items() if "within" in k or "sigma" in k})
+        out.update({f"calibration/{n}": float(v) for n, v in zip(LABEL_NAMES, self.calibration)})
+        return out
+
+    def write(self, out_dir: str | os.PathLike) -> list[Path]:
+        """Figures (PNG), ``report.md``, ``scores.json`` and ``predictions_<set>.npz`` under ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        for key, ps in self.sets.items():
+            slug = _slug(key)
+            cal_sigma = ps.sigma_raw * self.calibration
+            files.append(plots.residual_plot(ps.true, ps.mean, out / f"residuals_{slug}.png", title=f"residuals, {key}"))
+            files.append(plots.sigma_plot(ps.true, ps.sigma_raw, out / f"sigma_{slug}.png", sigma_calibrated=cal_sigma,
+                                          residual=ps.mean - ps.true, title=f"predicted sigma, {key}"))
+            files.append(plots.coverage_plot(ps.true, ps.mean, ps.sigma_raw, out / f"coverage_{slug}.png",
+                                             sigma_calibrated=cal_sigma, title=f"coverage, {key}"))
+            np.savez_compressed(out / f"predictions_{slug}.npz", true=ps.true, mean=ps.mean, sigma_raw=ps.sigma_raw,
+                                sigma=cal_sigma)
+            files.append(out / f"predictions_{slug}.npz")
+        if self.attention is not None:
+            a = self.attention
+            files.append(plots.attention_plot(a["wave"], a["flux"], a["maps"], out / "attention.png",
+                                              title="attention maps, " + ", ".join(f"{n}={v:.4g}" for n, v in zip(LABEL_NAMES, a["labels"]))))
+        (out / "report.md").write_text(self.markdown() + "\n")
+        scores = {"calibration": dict(zip(LABEL_NAMES, self.calibration.tolist())), "calibration_source": self.calibration_source,
+                  "raw": {k: s.to_dict() for k, s in self.raw.items()},
+                  "calibrated": {k: s.to_dict() for k, s in self.calibrated.items()}}
+        (out / "scores.json").write_text(json.dumps(scores, indent=1))
+        files += [out / "report.md", out / "scores.json"]
+        return files
+
+
+def _slug(key: str) -> str:
+    return key.lower().replace("s/n ", "snr").replace(" ", "_").replace("/", "_")
+
+
+def sampler_for(grid, cfg: EvalConfig, device: str | torch.device) -> Sampler:
+    """A sampler on ``grid`` (URI, GridStore or DenseGrid) with the training run's node split."""
+    return Sampler(grid, SamplerConfig(seed=cfg.split_seed, val_fraction=cfg.val_fraction,
+                                       test_fraction=cfg.test_fraction, device=str(device)))
+
+
+def predict_set(bundle, sampler: Sampler, split: str, n: int, snr_range: tuple[float, float], cfg: EvalConfig,
+                generator: torch.Generator, name: str = "") -> PredictionSet:
+    """Draw ``n`` spectra of ``split`` at S/N in ``snr_range`` (log-uniform; lo == hi for a fixed S/N),
+    keep those in ``cfg.teff_range``, and predict them with ``bundle``."""
+    if cfg.teff_range is not None:
+        lo, hi = cfg.teff_range
+        teffs = sampler.axes[0][sampler.split.nodes(split)[:, 0]] if split != "train" else sampler.axes[0]
+        if not np.any((teffs >= lo) & (teffs <= hi)):
+            raise ValueError(f"no {split} node has Teff in {cfg.teff_range} (nodes at {sorted(set(np.round(teffs, 1)))})")
+    s = sampler.with_config(snr_range=tuple(float(v) for v in snr_range))
+    true, mean, sig = [], [], []
+    got = 0
+    with tqdm(total=n, desc=name or split, leave=False) as bar:
+        while got < n:
+            batch = s.sample(cfg.batch_size, split=split, generator=generator)
+            keep = torch.ones(cfg.batch_size, dtype=torch.bool, device=batch.labels.device)
+            if cfg.teff_range is not None:
+                lo, hi = cfg.teff_range
+                keep = (batch.labels[:, 0] >= lo) & (batch.labels[:, 0] <= hi)
+            if not keep.any():
+                continue
+            take = min(int(keep.sum()), n - got)
+            x = batch.x[keep][:take]
+            pred = bundle.predict(x, use_dae=cfg.use_dae, batch_size=cfg.batch_size)
+            true.append(batch.labels[keep][:take].double().cpu().numpy())
+            mean.append(pred.mean)
+            sig.append(pred.sigma_raw)
+            got += take
+            bar.update(take)
+    return PredictionSet(name or split, snr_range[0] if snr_range[0] == snr_range[1] else None,
+                         np.concatenate(true), np.concatenate(mean), np.concatenate(sig))
+
+
+def attention_example(bundle, sampler: Sampler, split: str, snr: float, generator: torch.Generator) -> dict | None:
+    """Attention maps of one test spectrum (None when the estimator has none)."""
+    est = bundle.estimator
+    if getattr(est, "architecture", None) != "attention":
+        return None
+    from ..layout import canonical_wave
+
+    batch = sampler.with_config(snr_range=(snr, snr)).sample(1, split=split, generator=generator)
+    x = batch.x.to(bundle.device)
+    was = est.training
+    est.eval()
+    with torch.inference_mode():
+        if bundle.dae is not None:
+            x = bundle.dae.denoise(x)
+        _, maps = est(x, return_attention=True)
+    est.train(was)
+    return {"wave": canonical_wave(), "flux": batch.x[0, 0].cpu().numpy() + 1.0, "maps": maps[0].float().cpu().numpy(),
+            "labels": batch.labels[0].cpu().numpy()}
+
+
+def evaluate_bundle(bundle, grid, cfg: EvalConfig, device: str | torch.device | None = None,
+                    sampler: Sampler | None = None) -> EvaluationReport:
+    """Score ``bundle`` on ``grid`` (URI / GridStore / DenseGrid, or a ready ``sampler``): see the module doc."""
+    device = torch.device(device or bundle.device)
+    sampler = sampler or sampler_for(grid, cfg, device)
+    if getattr(bundle.manifest, "grid_id", None) not in (None, sampler.grid_id):
+        log.warning("bundle was trained on grid %s, evaluating on grid %s", bundle.manifest.grid_id, sampler.grid_id)
+    g = torch.Generator(device=sampler.device).manual_seed(cfg.seed)
+    sets = {f"S/N {s:g}": predict_set(bundle, sampler, cfg.split, cfg.n, (s, s), cfg, g, name=f"S/N {s:g}") for s in cfg.snrs}
+    if cfg.fit_calibration:
+        val = predict_set(bundle, sampler, "val", cfg.n, cfg.calibration_snr, cfg, g, name="calibration")
+        scales = fit_calibration_scales(val.true, val.mean, val.sigma_raw)
+        source = f"fitted on {val.true.shape[0]} validation spectra, S/N {cfg.calibration_snr[0]:g}-{cfg.calibration_snr[1]:g}"
+    else:
+        scales = np.asarray(bundle.sigma_scale, dtype=np.float64)
+        source = "stored in the bundle"
+    report = EvaluationReport(sets=sets, calibration=scales, calibration_source=source)
+    for key, ps in sets.items():
+        report.raw[key] = score(ps.true, ps.mean, ps.sigma_raw)
+        report.calibrated[key] = score(ps.true, ps.mean, ps.sigma_raw * scales)
+    report.attention = attention_example(bundle, sampler, cfg.split, cfg.snrs[0], g)
+    return report

@@ -1,0 +1,200 @@
+"""The per-worker training loop run by Ray Train's ``TorchTrainer`` (DDP over the workers).
+
+Each worker draws its own batches with the sampler ON ITS DEVICE (its own seed, no DataLoader),
+runs the DAE and/or estimator step under bf16 autocast on GPU, and at the end of every epoch:
+validates on held-out validation nodes (same spectra every epoch), all-reduces the metrics, and
+calls ``ray.train.report`` (every worker; rank 0 attaches the checkpoint and prints the progress
+line and logs the epoch to MLflow). A run restarted under the same name resumes from
+``ray.train.get_checkpoint()``.
+
+With ``task="both"`` the DAE is trained on (noisy -> clean) and the estimator on the DAE's
+(detached) output of the same batch, so the estimator learns the input it will see at inference.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..labels import LABEL_NAMES, LABEL_UNITS, LabelScaler
+from ..models import dae_loss, gaussian_nll
+from .checkpoint import TrainState, load_checkpoint, save_checkpoint
+from .components import base_lr, build_networks, build_optimisers
+from .config import TrainConfig
+from .data import make_sampler
+from .schedule import set_epoch_lr
+
+log = logging.getLogger(__name__)
+
+VALIDATION_SEED_OFFSET = 1_000_003
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class EpochRunner:
+    """One worker's networks, optimisers and samplers; :meth:`train_epoch` and :meth:`validate`."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, nets: dict, optimisers: dict):
+        self.cfg, self.device, self.rank = cfg, device, rank
+        self.nets, self.optimisers = nets, optimisers
+        self.scaler = LabelScaler()
+        self.sampler = make_sampler(cfg, device, seed=cfg.seed * 7919 + rank)
+        self.amp = cfg.amp and device.type == "cuda"
+
+    def _step(self, x: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
+        """Losses of one batch (B, 2, 8, 4096); with ``train`` also the optimiser steps."""
+        out: dict[str, torch.Tensor] = {}
+        est_input = x
+        if "dae" in self.nets:
+            with _autocast(self.device, self.amp):
+                denoised = self.nets["dae"](x)
+            loss = dae_loss(denoised, clean[:, 0:1], x[:, 1:2])
+            if train:
+                self._update("dae", loss)
+            out["dae_mse"] = loss.detach()
+            est_input = torch.cat([denoised.detach().to(x.dtype), x[:, 1:2]], dim=1)
+        if "estimator" in self.nets:
+            target = self.scaler.normalise(labels.to(torch.float32))
+            with _autocast(self.device, self.amp):
+                g = self.nets["estimator"](est_input)
+            loss = gaussian_nll(g, target)
+            if train:
+                self._update("estimator", loss)
+            out["nll"] = loss.detach()
+            out["abs_err"] = (self.scaler.denormalise(g.mean.detach().float()) - labels).abs().sum(0)
+        return out
+
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimisers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.cfg.grad_clip)
+        opt.step()
+
+    def _run(self, split: str, steps: int, train: bool) -> dict[str, float]:
+        for net in self.nets.values():
+            net.train(train)
+        sums = torch.zeros(3 + len(LABEL_NAMES), dtype=torch.float64, device=self.device)  # nll, mse, n, abs_err
+        grad = contextlib.nullcontext() if train else torch.no_grad()
+        with grad:
+            for _ in range(steps):
+                batch = self.sampler.sample(self.cfg.batch_size, split=split)
+                parts = self._step(batch.x, batch.clean, batch.labels, train)
+                if "nll" in parts:
+                    sums[0] += parts["nll"].double()
+                    sums[3:] += parts["abs_err"].double()
+                if "dae_mse" in parts:
+                    sums[1] += parts["dae_mse"].double()
+                sums[2] += 1
+        _all_reduce(sums)
+        steps_total = sums[2].item()
+        n_samples = steps_total * self.cfg.batch_size
+        prefix = "train" if train else "val"
+        m: dict[str, float] = {}
+        if "estimator" in self.nets:
+            m[f"{prefix}/loss"] = sums[0].item() / steps_total
+            for i, name in enumerate(LABEL_NAMES):
+                m[f"{prefix}/mae_{name}"] = sums[3 + i].item() / n_samples
+        if "dae" in self.nets:
+            m[f"{prefix}/dae_mse"] = sums[1].item() / steps_total
+        return m
+
+    def train_epoch(self) -> dict[str, float]:
+        return self._run("train", self.cfg.steps_per_epoch, train=True)
+
+    def validate(self) -> dict[str, float]:
+        """Validation on the same spectra every epoch (the sampler is re-seeded), no gradients."""
+        with self.sampler.fixed_seed(self.cfg.seed * 7919 + VALIDATION_SEED_OFFSET + self.rank):
+            return self._run("validation", max(1, self.cfg.val_steps), train=False)
+
+
+def progress_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """One console line per epoch."""
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    for key in ("train/loss", "val/loss", "train/dae_mse", "val/dae_mse"):
+        if key in m:
+            parts.append(f"{key} {m[key]:.4g}")
+    if "val/mae_teff" in m:
+        parts.append("val MAE " + " ".join(f"{n} {m[f'val/mae_{n}']:.3g}{LABEL_UNITS[n] if n == 'teff' else ''}" for n in LABEL_NAMES))
+    parts.append(f"lr {m['lr']:.2g}")
+    parts.append(f"{m['samples_per_s_per_worker']:.0f} samples/s/worker")
+    parts.append(f"{m['epoch_s']:.1f} s")
+    return " | ".join(parts)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``loop_config``: {"train": TrainConfig.to_dict(), "mlflow_run_id": str|None,
+    "tracking_uri": str|None}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.from_dict(loop_config["train"])
+    run_id, uri = loop_config.get("mlflow_run_id"), loop_config.get("tracking_uri")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed * 7919 + rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    nets = {k: m.to(device) for k, m in build_networks(cfg).items()}
+    optimisers = build_optimisers(cfg, nets)
+    state = TrainState(epoch=-1, config=cfg.to_dict())
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d, nets, optimisers, map_location=device)
+        state.config = cfg.to_dict()
+        if rank == 0:
+            log.info("[%s] resuming from the checkpoint of epoch %d", cfg.run_name, state.epoch + 1)
+    start = state.epoch + 1
+    state.starts.append(start)
+    nets = {k: ray.train.torch.prepare_model(m, move_to_device=False) for k, m in nets.items()}
+    runner = EpochRunner(cfg, device, rank, nets, optimisers)
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        lrs = {k: set_epoch_lr(o, base_lr(cfg, k), epoch, cfg.epochs, cfg.lr_decay_epochs, cfg.lr_decay_factor)
+               for k, o in optimisers.items()}
+        metrics = runner.train_epoch()
+        t_train = time.perf_counter() - t0
+        metrics.update(runner.validate())
+        metrics.update(
+            epoch=epoch,
+            lr=lrs.get("estimator", lrs.get("dae")),
+            epoch_s=time.perf_counter() - t0,
+            samples_per_s_per_worker=cfg.steps_per_epoch * cfg.batch_size / t_train,
+        )
+        state.epoch = epoch
+        state.history.append(metrics)
+        if rank == 0:
+            log.info("[%s] %s", cfg.run_name, progress_line(epoch, cfg.epochs, metrics))
+            if run_id:
+                from ..tracking import log_metrics
+
+                try:
+                    log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, uri=uri)
+                except Exception as exc:  # tracking must never kill a training run
+                    log.warning("MLflow logging failed at epoch %d: %s", epoch, exc)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, state, nets, optimisers)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)

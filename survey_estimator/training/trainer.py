@@ -1,0 +1,121 @@
+"""Driver side of training: configure and run Ray Train's ``TorchTrainer`` for a :class:`TrainConfig`.
+
+Storage: ``cfg.storage`` (local directory or ``s3://bucket/prefix``, default ``<repo>/runs``) holds
+``<run_name>/checkpoint_*``. Reusing a run name resumes from its latest checkpoint (Ray Train V2
+restores its checkpoint manager from storage; the loop loads ``ray.train.get_checkpoint()``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..storage import is_s3, resolve, s3_env
+from .checkpoint import TrainState, read_state
+from .config import TrainConfig
+from .loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Ray Train reported a failed run."""
+
+
+@dataclass
+class FitResult:
+    """What a finished ``TorchTrainer.fit`` left behind.
+
+    Attributes:
+        checkpoint_dir: a local copy of the last checkpoint (state.pt + train_state.json).
+        state: its :class:`TrainState` (epoch, history, starts).
+        run_path: where Ray Train stored the run (local path or URI).
+        use_gpu: whether the workers used GPUs.
+    """
+
+    checkpoint_dir: Path
+    state: TrainState
+    run_path: str
+    use_gpu: bool
+
+
+def default_storage() -> str:
+    from ..tracking import repo_root
+
+    return str(repo_root() / "runs")
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``address`` / ``$RAY_ADDRESS`` (a cluster, or inside ``ray job submit``) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"configure_logging": False}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        # a local Ray that writes no auth token (one would break an earlier `ray start` cluster)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def resolve_use_gpu(cfg: TrainConfig) -> bool:
+    """``cfg.use_gpu``, or (auto) whether the cluster has a GPU for every worker."""
+    if cfg.use_gpu is not None:
+        return bool(cfg.use_gpu)
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+
+
+def fit(cfg: TrainConfig, mlflow_run_id: str | None = None, tracking_uri: str | None = None,
+        local_dir: str | os.PathLike | None = None) -> FitResult:
+    """Train with ``cfg.num_workers`` Ray Train workers; returns the last checkpoint, copied locally."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    ensure_ray()
+    use_gpu = resolve_use_gpu(cfg)
+    storage_uri = cfg.storage or default_storage()
+    if is_s3(storage_uri):
+        loc = resolve(storage_uri)
+        storage_path, storage_fs = loc.path, loc.fs
+    else:
+        storage_path, storage_fs = str(Path(storage_uri).resolve()), None
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+    env = s3_env()
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    resources = {"CPU": cfg.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.to_dict(), "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, cfg.keep_checkpoints)),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+    log.info("training %s: %d worker(s), %s, storage %s", cfg.run_name, cfg.num_workers,
+             "GPU" if use_gpu else "CPU", storage_uri)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingError(f"training run {cfg.run_name} failed: {exc}") from exc
+    if result.error:
+        raise TrainingError(f"training run {cfg.run_name} failed: {result.error}")
+    if result.checkpoint is None:
+        raise TrainingError(f"training run {cfg.run_name} produced no checkpoint")
+    dst = Path(local_dir) if local_dir else Path(tempfile.mkdtemp(prefix=f"{cfg.run_name}-ckpt-"))
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, dst, dirs_exist_ok=True)
+    return FitResult(checkpoint_dir=dst, state=read_state(dst), run_path=str(result.path), use_gpu=use_gpu)
