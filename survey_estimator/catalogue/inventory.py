@@ -102,13 +102,18 @@ def _list_local(path: str) -> list[tuple[str, str, int]]:
     root = os.path.abspath(path)
     if not os.path.isdir(root):
         raise StorageError(f"archive folder {root} does not exist")
-    out = []
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            st = os.stat(full)
-            out.append((full, f"local-{st.st_size}-{st.st_mtime_ns}", int(st.st_size)))
-    return out
+    return [stat_local(os.path.join(dirpath, name)) for dirpath, _dirs, names in os.walk(root) for name in names]
+
+
+def stat_local(path: str) -> tuple[str, str, int]:
+    """(absolute path, pseudo-ETag ``local-<size>-<mtime_ns>``, size in bytes) of a local file.
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    full = os.path.abspath(path)
+    st = os.stat(full)
+    return full, f"local-{st.st_size}-{st.st_mtime_ns}", int(st.st_size)
 
 
 def list_archive(uri: str) -> Listing:

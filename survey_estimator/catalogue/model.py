@@ -6,7 +6,9 @@ Accepted specs:
   ``MLFLOW_TRACKING_URI``); the alias is resolved to a version number once, on the driver, so
   every actor loads the same version even if the alias moves mid-run;
 * ``s3://bucket/prefix``: a bundle folder in object storage (downloaded to a temp folder);
-* a local bundle folder (``ModelBundle.load`` reads it).
+* a local bundle folder (``ModelBundle.load`` reads it);
+* nothing: the default model, see :func:`resolve_default` (shipped bundle, else the registry's
+  ``models:/stellar-estimator@production``).
 
 The version written to the catalogue is the registry version, or for a folder the first 12 hex
 digits of a SHA-256 over its files (so a retrained bundle at the same path is a new version).
@@ -40,19 +42,6 @@ class ModelRef:
     spec: str
     name: str
     version: str
-
-
-def default_model_spec() -> str | None:
-    """The shipped production bundle, when the models package provides one."""
-    try:
-        from ..models import bundle
-    except ImportError:
-        return None
-    fn = getattr(bundle, "default_bundle_path", None)
-    if fn is None:
-        return None
-    path = fn()
-    return str(path) if path else None
 
 
 def _load(folder) :
@@ -123,13 +112,16 @@ def _s3_download(uri: str, dst: str) -> Path:
 def resolve_model(spec: str | None) -> ModelRef:
     """Resolve ``--model`` (see module doc) to a pinned :class:`ModelRef`; fails fast.
 
+    ``spec=None`` resolves the default model (:mod:`survey_estimator.models.shipped`): the shipped
+    bundle folder when it holds a bundle, else ``models:/stellar-estimator@production``.
+
     Raises:
-        ModelNotFoundError: no spec and no shipped default, unknown registry name/alias/version,
-            or a folder that does not exist.
+        ModelNotFoundError: no spec and neither default exists (the message says how to train,
+            ship or register one), unknown registry name/alias/version, or a folder that does not
+            exist or that ``ModelBundle.load`` refuses.
     """
-    spec = spec or default_model_spec()
     if not spec:
-        raise ModelNotFoundError("no --model given and no shipped production bundle: pass models:/NAME@ALIAS or a bundle folder")
+        return resolve_default()
     m = _REGISTRY.match(spec)
     if m:
         from ..tracking import client as tracking_client
@@ -160,6 +152,28 @@ def resolve_model(spec: str | None) -> ModelRef:
         raise ModelNotFoundError(f"model bundle folder {path} does not exist")
     bundle = _load(path)
     return ModelRef(str(path), _manifest_name(bundle, path.name), folder_hash(path))
+
+
+def resolve_default() -> ModelRef:
+    """The model used when no ``--model`` is given: the shipped bundle folder, else the registry's
+    production alias, else :class:`ModelNotFoundError` saying how to get one.
+
+    A shipped folder that ``ModelBundle.load`` refuses is an error, not a reason to fall back.
+    """
+    from ..models import shipped
+
+    folder = shipped.default_bundle_path()
+    if folder is not None:
+        log.info("using the shipped model bundle %s", folder)
+        return resolve_model(str(folder))
+    if not shipped.registry_store_exists():
+        raise ModelNotFoundError(shipped.no_model_message("that store does not exist"))
+    try:
+        ref = resolve_model(shipped.PRODUCTION_MODEL)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(shipped.no_model_message(str(exc))) from None
+    log.info("using %s (version %s) from the registry", shipped.PRODUCTION_MODEL, ref.version)
+    return ref
 
 
 def load_bundle(ref: ModelRef):

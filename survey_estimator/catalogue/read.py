@@ -61,6 +61,8 @@ class ReadOptions:
     night: str | None = None
     since: str | None = None
     blaze: dict | None = None
+    blaze_file: str | None = None
+    """One blaze file for every old-DRS e2ds, whatever its header names (``estimate --blaze``)."""
     retries: int = 5
     backoff_s: float = 0.5
     env: WorkerEnv = field(default_factory=WorkerEnv)
@@ -134,8 +136,12 @@ def _night(obs, meta: dict, hint: str | None) -> str | None:
     return night or hint
 
 
-def _blaze_source(name: str, data: bytes, blaze_index: dict | None, retries: int, backoff_s: float):
-    """(name, bytes) of the blaze file an old-DRS e2ds header names, when the archive holds it."""
+def _blaze_source(name: str, data: bytes, opts: ReadOptions):
+    """(name, bytes) of ``opts.blaze_file`` when given, else of the blaze file an old-DRS e2ds
+    header names when the blaze index ``opts.blaze`` holds it."""
+    if opts.blaze_file:
+        return (opts.blaze_file.rsplit("/", 1)[-1], fetch(opts.blaze_file, opts.retries, opts.backoff_s))
+    blaze_index = opts.blaze
     if not blaze_index:
         return None
     from astropy.io import fits
@@ -151,7 +157,7 @@ def _blaze_source(name: str, data: bytes, blaze_index: dict | None, retries: int
     uri = blaze_index.get(blaze_key(str(value)))
     if uri is None:
         return None
-    return (uri.rsplit("/", 1)[-1], fetch(uri, retries, backoff_s))
+    return (uri.rsplit("/", 1)[-1], fetch(uri, opts.retries, opts.backoff_s))
 
 
 def _snr(mi, obs) -> float:
@@ -185,7 +191,7 @@ def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
         row.update(error=f"{TRANSIENT_PREFIX} {redact(str(exc))}", flags=int(CatalogueFlag.READ_ERROR))
         return row
     try:
-        blaze = _blaze_source(name, data, opts.blaze, opts.retries, opts.backoff_s)
+        blaze = _blaze_source(name, data, opts)
         obs = read_observation((name, data), blaze=blaze)
         for k in META_STR:
             row[k] = _str(_get(obs, k))

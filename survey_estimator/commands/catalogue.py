@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="catalogue root: s3://bucket/prefix or local folder")
     parser.add_argument("--model", default=None,
                         help="models:/NAME@ALIAS, models:/NAME/VERSION, s3:// or local bundle folder "
-                             "(default: the shipped production bundle, when there is one)")
+                             "(default: the shipped bundle in survey_estimator/models/production or "
+                             "$SURVEY_ESTIMATOR_BUNDLE, else models:/stellar-estimator@production)")
     parser.add_argument("--night", default=None, help="only this observing night (YYYY-MM-DD)")
     parser.add_argument("--since", default=None, help="only nights on or after YYYY-MM-DD")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor (0 = CPU)")

@@ -1,0 +1,192 @@
+"""Estimate Teff, log g, [M/H] and v sin i of spectra on disk: one catalogue row per file.
+
+Each FILE (HARPS-N/HARPS e2ds, ESPRESSO S2D, s1d or ADP table; plain or gzip) is read,
+preprocessed and estimated exactly as the catalogue job does it, and printed as one row with the
+catalogue's columns (docs/catalogue.md): an aligned table, or one JSON object a line with --json.
+A file that cannot be read becomes an error row naming the reason; the others still get
+estimates. Old-DRS e2ds files find their blaze (``DRS BLAZE FILE``) beside them, or take --blaze.
+
+The model is --model (models:/NAME@ALIAS, models:/NAME/VERSION, s3:// or local bundle folder),
+by default the bundle shipped in survey_estimator/models/production (or $SURVEY_ESTIMATOR_BUNDLE),
+else models:/stellar-estimator@production from the MLflow registry ($MLFLOW_TRACKING_URI).
+
+Exit status: 0 all rows ok, 1 some error row, 2 no usable model or bad arguments.
+
+examples:
+  survey-estimator estimate HARPS.2003-12-13T06-19-48.371_e2ds_A.fits ADP.2014-09-16T11-04-45.123.fits
+  survey-estimator estimate --json --model models:/stellar-estimator/3 spectra/*.fits > rows.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..storage import StorageError, is_s3, redact
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="FITS files (e2ds, S2D, s1d, ADP; plain or .gz)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    parser.add_argument("--model", default=None,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, s3:// or local bundle folder "
+                             "(default: the shipped bundle, else models:/stellar-estimator@production)")
+    parser.add_argument("--no-dae", action="store_true", help="estimate without the denoiser")
+    parser.add_argument("--blaze", metavar="FILE", default=None,
+                        help="blaze file for old-DRS e2ds inputs (default: the DRS BLAZE FILE found beside each)")
+    parser.add_argument("--batch-size", type=int, default=16, help="spectra per model call")
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def archive_objects(paths: Sequence[str]) -> list:
+    """One :class:`~survey_estimator.catalogue.inventory.ArchiveObject` per path, as the catalogue
+    lists local files; a path that cannot be stat'ed keeps an empty ETag (its read fails into an
+    error row)."""
+    from ..catalogue.inventory import ArchiveObject, stat_local
+    from ..catalogue.schema import night_from_key
+
+    out = []
+    for p in paths:
+        try:
+            full, etag, size = stat_local(p)
+        except OSError:
+            full, etag, size = os.path.abspath(p), "", 0
+        out.append(ArchiveObject(full, etag, size, night_from_key(full)))
+    return out
+
+
+def sibling_blaze_index(paths: Sequence[str]) -> dict[str, str]:
+    """Blaze files in the folders of ``paths``: lookup key (see ``blaze_key``) -> absolute path."""
+    from ..catalogue.inventory import BLAZE, blaze_key
+
+    index: dict[str, str] = {}
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        index.update({blaze_key(n): os.path.join(folder, n) for n in sorted(names) if BLAZE.search(n)})
+    return index
+
+
+def _listed_batch(objects: list) -> dict[str, np.ndarray]:
+    """The (uri, etag, size, night_hint) batch ``read_batch`` takes, from listed objects."""
+    cols: dict[str, np.ndarray] = {}
+    for key in ("uri", "etag", "size", "night_hint"):
+        arr = np.empty(len(objects), dtype=object)
+        arr[:] = [getattr(o, key) for o in objects]
+        cols[key] = arr
+    return cols
+
+
+# -- estimation -----------------------------------------------------------------------------------
+def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file: str | None = None,
+                    batch_size: int = 16) -> Iterator[pa.Table]:
+    """Catalogue tables (:data:`~survey_estimator.catalogue.schema.SCHEMA`) for ``paths``, in order,
+    ``batch_size`` files at a time: the catalogue's read stage (``read_batch``) and model stage
+    (``Predictor``) run in this process.
+
+    Raises:
+        ModelNotFoundError: the model of ``ref`` cannot be loaded.
+    """
+    from tqdm import tqdm
+
+    from ..catalogue.predict import Predictor
+    from ..catalogue.read import ReadOptions, read_batch
+
+    objects = archive_objects(paths)
+    opts = ReadOptions(blaze=sibling_blaze_index(paths), blaze_file=blaze_file, retries=1)
+    predictor = Predictor(ref, use_dae=use_dae)
+    with tqdm(total=len(objects), unit="file", desc="estimate", disable=None, file=sys.stderr) as bar:
+        for i in range(0, len(objects), batch_size):
+            chunk = objects[i : i + batch_size]
+            yield predictor(read_batch(_listed_batch(chunk), opts))
+            bar.update(len(chunk))
+
+
+# -- output ---------------------------------------------------------------------------------------
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def json_rows(table: pa.Table) -> list[dict]:
+    """Rows of a catalogue table as JSON-ready dicts (catalogue column order; nulls and non-finite
+    numbers as None, timestamps as ISO 8601 strings)."""
+    return [{k: _json_value(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.5f}" if abs(v) >= 1e4 else f"{v:.6g}"
+    if isinstance(v, list):
+        return "[" + ",".join("-" if x is None else f"{x:.3g}" for x in v) + "]"
+    if isinstance(v, dt.datetime):
+        return v.isoformat(timespec="seconds")
+    return str(v)
+
+
+def format_table(table: pa.Table) -> str:
+    """An aligned text table: a header of column names, then one line per row."""
+    names = table.column_names
+    cells = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
+    widths = [max([len(n)] + [len(r[j]) for r in cells]) for j, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..catalogue.model import ModelNotFoundError, resolve_model
+    from ..catalogue.schema import STATUS_OK
+
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    remote = [f for f in args.files + [args.blaze or ""] if is_s3(f)]
+    if remote:
+        print(f"error: estimate reads local files ({remote[0]} is not); catalogue object storage with "
+              "`survey-estimator catalogue --archive s3://...`", file=sys.stderr)
+        return 2
+    if args.blaze and not os.path.isfile(args.blaze):
+        print(f"error: blaze file {args.blaze} does not exist", file=sys.stderr)
+        return 2
+    tables = []
+    try:
+        ref = resolve_model(args.model)
+        for table in estimate_tables(args.files, ref, use_dae=not args.no_dae,
+                                     blaze_file=os.path.abspath(args.blaze) if args.blaze else None,
+                                     batch_size=args.batch_size):
+            if args.json:
+                for row in json_rows(table):
+                    print(json.dumps(row), flush=True)
+            tables.append(table)
+    except (ModelNotFoundError, StorageError) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    result = pa.concat_tables(tables)
+    if not args.json:
+        print(format_table(result))
+    n_bad = sum(1 for s in result.column("status").to_pylist() if s != STATUS_OK)
+    if n_bad:
+        log.warning("%d of %d files could not be estimated (see the error column)", n_bad, len(result))
+    return 1 if n_bad else 0
