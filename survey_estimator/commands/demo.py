@@ -5,6 +5,7 @@ mlflow/ (or $MLFLOW_TRACKING_URI), outputs under --workdir. Steps (each is also 
 
   1. build-grid   a small real PySME grid (or --backend analytic for a cheap one)
   2. train        a short Ray Train run of a tiny residual network + DAE, registered in MLflow
+                  (a smoke test of the machinery: minutes of CPU, not a useful estimator)
   3. simulate     a mock HARPS-N archive of e2ds files at known labels over two nights
   4. catalogue    the archive -> Parquet catalogue with the registered model (Ray Data)
   5. query        DuckDB over the catalogue: estimates beside the true labels
@@ -14,6 +15,7 @@ A rerun reuses the grid and the archive and adds no catalogue rows (the catalogu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from pathlib import Path
 
@@ -32,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("pysme", "analytic"), default="pysme",
                         help="synthesis backend of the demo grid (pysme: real spectra, ~1-2 min)")
     parser.add_argument("--files", type=int, default=16, help="simulated observations in the mock archive")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs")
-    parser.add_argument("--steps-per-epoch", type=int, default=20, help="training steps per epoch")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=40, help="training steps per epoch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (higher than the seed's 1e-4: a short run)")
     parser.add_argument("--model-name", default="stellar-estimator-demo", help="registered model name")
 
 
@@ -62,6 +65,12 @@ def _mock_archive(grid: str, archive: Path, n: int) -> list[tuple]:
     return [(e.object_name, e.teff, e.logg, e.mh, e.vsini) for e in exposures]
 
 
+def _run_name(work: Path) -> str:
+    """One training run (Ray Train and MLflow) per demo folder: a rerun resumes it, another
+    folder starts its own."""
+    return "demo-" + hashlib.sha1(str(work).encode()).hexdigest()[:8]
+
+
 def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir).resolve()
     grid, archive, catalogue = work / "grid", work / "archive", work / "catalogue"
@@ -77,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("step 2/5: train (tiny ResNet + DAE, %d epochs)", args.epochs)
     if run_command("train", [
         "--grid", str(grid), "--preset", "tiny", "--task", "both", "--epochs", str(args.epochs),
-        "--steps-per-epoch", str(args.steps_per_epoch), "--batch-size", "16", "--num-workers", "1",
-        "--storage", str(work / "runs"), "--run-name", "demo", "--register-name", args.model_name,
+        "--steps-per-epoch", str(args.steps_per_epoch), "--batch-size", "16", "--num-workers", "1", "--lr", str(args.lr), "--dae-lr", str(args.lr),
+        "--storage", str(work / "runs"), "--run-name", _run_name(work), "--register-name", args.model_name,
         "--alias", "candidate", "--eval-n", "64", "--lr-decay-epochs", "0",
     ]):
         return 1
