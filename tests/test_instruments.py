@@ -243,3 +243,16 @@ def test_harpn_e2ds_frame_and_rv(tmp_path, data_dir, rv_card):
     # native HARPS-N rows 36-43 are the canonical orders: nothing masked but the edges
     assert result.masked_fraction < 0.02
     assert Flag.GAP_MASKED not in result.flags
+
+
+def test_e2ds_blaze_found_in_previous_night_folder_only(tmp_path, data_dir):
+    """The DRS may name a blaze from the previous night's calibration: the reader looks one night
+    folder away (YYYY-MM-DD), and nowhere else."""
+    night, previous, unrelated = tmp_path / "2003-12-12", tmp_path / "2003-12-11", tmp_path / "other"
+    for d in (night, previous, unrelated):
+        d.mkdir()
+    shutil.copy(data_dir / E2DS, night / E2DS)
+    shutil.copy(data_dir / BLAZE, unrelated / BLAZE)
+    assert not read_observation(night / E2DS).blaze_corrected
+    shutil.copy(data_dir / BLAZE, previous / BLAZE)
+    assert read_observation(night / E2DS).blaze_corrected

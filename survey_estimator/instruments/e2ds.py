@@ -6,10 +6,12 @@ observatory frame) from the header polynomial::
     lambda[o, x] = sum_{p=0..d} C[o*(d+1) + p] * x**p,   d = DRS CAL TH DEG LL, x = 0..4095
 
 The matching blaze (``DRS BLAZE FILE``) is looked for next to the file (also with ':' written as
-'-', optionally gzipped, and in sibling night folders); without it the flux stays blaze-shaped
+'-', optionally gzipped, and in the neighbouring YYYY-MM-DD night folders); without it the flux stays blaze-shaped
 and the observation says so (``blaze_corrected=False``).
 """
 from __future__ import annotations
+
+import datetime
 
 import logging
 import re
@@ -60,13 +62,22 @@ def saturation_level(bits: int = 16, window: float = 17) -> float:
     return (2.0**bits - 1) * window
 
 
+def _neighbour_nights(folder: Path) -> list[Path]:
+    """The previous and next night folders of a DRS night folder named ``YYYY-MM-DD`` (the blaze
+    may come from the previous night's calibration); none for other folder names."""
+    try:
+        night = datetime.date.fromisoformat(folder.name)
+    except ValueError:
+        return []
+    days = (night - datetime.timedelta(days=1), night + datetime.timedelta(days=1))
+    return [folder.parent / d.isoformat() for d in days if (folder.parent / d.isoformat()).is_dir()]
+
+
 def find_blaze(path: Path, blaze_name: str) -> Path | None:
     """Locate the blaze file named in the header next to ``path`` (or one night folder away)."""
     stems = {blaze_name, blaze_name.replace(":", "-")}
     candidates = [s + ext for s in stems for ext in ("", ".gz")]
-    folders = [path.parent]
-    if path.parent.parent.is_dir():
-        folders += sorted(p for p in path.parent.parent.iterdir() if p.is_dir() and p != path.parent)
+    folders = [path.parent] + _neighbour_nights(path.parent)
     for folder in folders:
         for c in candidates:
             if (folder / c).is_file():
