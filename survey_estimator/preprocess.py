@@ -9,7 +9,8 @@ Steps (each recorded in :class:`Flag` bits of the result):
    ESPRESSO) are flattened per native order, since several native orders with different
    throughputs feed one canonical order;
 4. shift to the stellar rest frame: BERV for observatory-frame data, then the pipeline's RV where
-   the header has one, else an RV measured by cross-correlation (:mod:`survey_estimator.rv`);
+   the header has one, else an RV measured by cross-correlation (:mod:`survey_estimator.rv`),
+   applied only when the measurement is reliable (else RV_UNRELIABLE and no stellar shift);
 5. degrade to R = 115,000 where the instrument is sharper (ESPRESSO);
 6. resample into the canonical HARPS-N layout (:func:`survey_estimator.layout.resample_to_layout`;
    HARPS-N echelle data: each canonical order from its one matching native row): pixels no input
@@ -48,7 +49,8 @@ class Flag(IntFlag):
     GAP_MASKED = 1 << 1
     """Canonical pixels inside the observed range that no input covers (HARPS CCD gap) are masked."""
     RV_MEASURED = 1 << 2
-    """The stellar RV was measured by cross-correlation (no usable pipeline RV)."""
+    """The stellar RV was measured by cross-correlation (no usable pipeline RV); applied only when
+    reliable (see RV_UNRELIABLE)."""
     BLAZE_MISSING = 1 << 3
     """Old-DRS counts without their blaze: normalised with the blaze shape still in (HARPS-N, as
     in training) or after flattening each native order (foreign layouts)."""
@@ -65,7 +67,10 @@ class Flag(IntFlag):
     RV_FROM_HEADER = 1 << 9
     """The pipeline's RV from the header was applied."""
     RV_UNRELIABLE = 1 << 10
-    """The cross-correlation peak was weak; the rest frame is doubtful."""
+    """The cross-correlation peak was weak (or no template line was covered): the measured RV is
+    NOT applied, so no stellar RV shift is made (``rv_kms`` None, ``rv_source`` "none"; the
+    catalogue's ``rv_kms`` is null) and the data stay in the barycentric (or, with BERV_MISSING,
+    observatory) frame. The measurement itself is kept in ``ModelInput.rv_measurement``."""
     COSMICS_MASKED = 1 << 11
     """Upward outliers (cosmic rays) were masked."""
     EDGES_MASKED = 1 << 12
@@ -324,9 +329,11 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         else:
             meas = measure_rv(wave * factor, flux, usable)
             flags |= Flag.RV_MEASURED
-            if not meas.reliable or not np.isfinite(meas.rv_kms):
+            if meas.reliable and np.isfinite(meas.rv_kms):
+                rv, rv_source = meas.rv_kms, "measured"
+            else:  # a weak peak is as likely noise as the star: no stellar shift at all
                 flags |= Flag.RV_UNRELIABLE
-            rv, rv_source = (meas.rv_kms if np.isfinite(meas.rv_kms) else 0.0), "measured"
+                notes.append(f"measured RV {meas.rv_kms:.2f} km/s (CCF contrast {meas.contrast:.1f}) unreliable: not applied")
     if rv is not None:
         factor /= float(doppler_factor(rv))
     wave_rest = wave * factor
@@ -376,5 +383,5 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         notes=notes,
     )
     assert result.x.shape == (2, N_ORDERS, canonical_wave().shape[1])
-    log.info("%s: %s rv=%s (%s) berv=%s snr=%.1f masked=%.3f", obs.source, "|".join(flags.names()), rv, rv_source, berv, snr, result.masked_fraction)
+    log.debug("%s: %s rv=%s (%s) berv=%s snr=%.1f masked=%.3f", obs.source, "|".join(flags.names()), rv, rv_source, berv, snr, result.masked_fraction)
     return result

@@ -10,14 +10,22 @@ Order of work in :func:`run_catalogue`:
 4. ``map_batches(Predictor, compute=ActorPoolStrategy(size=actors), num_gpus=..., num_cpus=
    fractional)``: the model is loaded once per actor; ``DataContext.wait_for_min_actors_s`` turns
    a GPU that never appears into an error instead of a hang;
-5. ``write_parquet`` Hive-partitioned by night into NEW files named ``run-<run id>-...parquet``:
-   old files are never rewritten, so readers are safe during a run, and a rerun over the same
-   inputs writes nothing at all.
+5. the driver streams the (pixel-free, ~1 kB/row) result blocks and writes them Hive-partitioned
+   by night into NEW files ``night=YYYY-MM-DD/run-<run id>-<n>.parquet``
+   (:class:`~survey_estimator.catalogue.write.NightWriter`: one file per night and run): old files
+   are never rewritten, so readers are safe during a run, and a rerun over the same inputs writes
+   nothing at all.
+
+Throughput on small machines (bench/catalogue.py): the read stage is the CPU-heavy one, so read
+tasks reserve a fraction of a CPU chosen to let as many of them run as the cluster has CPUs next
+to the model actors (a whole CPU each left only one read task running on 2 CPUs beside a 0.5-CPU
+actor), files per read task grow with the work list, and no Ray write tasks compete for CPUs.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import time
 import uuid
@@ -29,7 +37,8 @@ from ..storage import StorageError, redact, resolve, s3_env
 from .inventory import check_writable, done_keys, list_archive, new_work, open_catalogue, select_nights
 from .model import ModelRef, resolve_model
 from .read import ReadOptions, WorkerEnv, read_batch
-from .schema import PARTITION_COLUMN, SCHEMA, STATUS_OK
+from .schema import STATUS_OK
+from .write import NightWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +69,12 @@ class CatalogueConfig:
     actors: int = 1
     actor_cpus: float = 0.5
     """CPUs reserved per model actor (fractional so small machines keep CPUs for reading)."""
-    read_batch_size: int = 4
-    """Files per read task batch."""
+    read_batch_size: int | None = None
+    """Files per read task (None: derived, see :func:`read_plan`)."""
+    read_cpus: float | None = None
+    """CPUs reserved per read task (None: derived, see :func:`read_plan`)."""
+    rows_per_file: int = 10000
+    """Catalogue rows per Parquet file and night (a run writes one file per night below this)."""
     actor_start_timeout_s: int = 600
     """How long to wait for the actor pool (e.g. a GPU node from the autoscaler) before failing."""
     use_dae: bool = True
@@ -118,20 +131,23 @@ def ensure_ray() -> None:
     ray.init(runtime_env={"env_vars": worker_env()[0]}, log_to_driver=True)  # local workers inherit the rest
 
 
-class RunFilenames:
-    """Ray Data filename provider: ``run-<run id>-<write uuid>-<task>-{i}.parquet``."""
+def read_plan(n_files: int, cluster_cpus: float, config: CatalogueConfig) -> tuple[int, float]:
+    """(files per read task, CPUs reserved per read task) for ``n_files`` on ``cluster_cpus``.
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def get_filename_for_block(self, block, write_uuid: str, task_index: int, block_index: int) -> str:
-        return f"run-{self.run_id}-{write_uuid}-{task_index:06d}-{block_index:06d}-{{i}}.parquet"
-
-    def get_filename_for_row(self, row, write_uuid: str, task_index: int, block_index: int, row_index: int) -> str:
-        return f"run-{self.run_id}-{write_uuid}-{task_index:06d}-{block_index:06d}-{row_index:06d}.parquet"
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"run-{self.run_id}-{write_uuid}-{task_index:06d}-{{i}}.parquet"
+    Files per task: ``config.read_batch_size``, else ceil(n_files / (8 x CPUs)) clamped to 4..16:
+    at least eight tasks per CPU (a short tail when the last tasks finish) without a task per
+    file or two (overhead). Each read task handles one input block of at most this many files.
+    CPUs per task: ``config.read_cpus``, else what lets one read task per CPU run beside the model
+    actors' reservations: (CPUs - actors x actor_cpus) / CPUs, at least 0.25 (on 2 CPUs with one
+    0.5-CPU actor: 0.75, two read tasks; on large clusters close to 1).
+    """
+    cpus = max(1.0, float(cluster_cpus))
+    batch = config.read_batch_size or min(16, max(4, math.ceil(n_files / (8 * cpus))))
+    if config.read_cpus is not None:
+        read_cpus = float(config.read_cpus)
+    else:
+        read_cpus = max(0.25, (cpus - config.actors * config.actor_cpus) / cpus)
+    return int(batch), math.floor(read_cpus * 1000) / 1000  # rounded down: the last task must still fit
 
 
 def prepare(config: CatalogueConfig) -> tuple[ModelRef, list, dict, RunSummary]:
@@ -140,6 +156,10 @@ def prepare(config: CatalogueConfig) -> tuple[ModelRef, list, dict, RunSummary]:
     _check_date("since", config.since)
     if config.batch_size < 1 or config.actors < 1:
         raise CatalogueError("--batch-size and --actors must be at least 1")
+    if (config.read_batch_size is not None and config.read_batch_size < 1) or config.rows_per_file < 1:
+        raise CatalogueError("--read-batch-size and rows per file must be at least 1")
+    if config.read_cpus is not None and not config.read_cpus > 0:
+        raise CatalogueError("--read-cpus must be positive")
     ref = resolve_model(config.model)
     listing = list_archive(config.archive)
     check_writable(config.out)
@@ -177,35 +197,77 @@ def run_catalogue(config: CatalogueConfig) -> RunSummary:
 
     ensure_ray()
     ctx = DataContext.get_current()
-    ctx.wait_for_min_actors_s = int(config.actor_start_timeout_s)
+    ctx.wait_for_min_actors_s = _actor_wait_s(config, ray.cluster_resources())
     plain, secrets = worker_env()
-    env = {"env_vars": plain}
+    env = _op_runtime_env(plain)
     opts = ReadOptions(night=config.night, since=config.since, blaze=blaze, retries=config.retries, env=secrets)
-    n_blocks = max(1, min(len(todo), -(-len(todo) // config.read_batch_size)))
+    files_per_task, read_cpus = read_plan(len(todo), ray.cluster_resources().get("CPU", 1.0), config)
+    n_blocks = max(1, math.ceil(len(todo) / files_per_task))
+    log.info("read stage: %d tasks of <= %d files, %.3g CPU each; model: %d actor(s) x %.3g CPU, %.3g GPU",
+             n_blocks, files_per_task, read_cpus, config.actors, config.actor_cpus, config.num_gpus)
     ds = ray.data.from_items([f.as_dict() for f in todo], override_num_blocks=n_blocks)
-    ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=config.read_batch_size,
-                        batch_format="numpy", num_cpus=1, runtime_env=env)
+    # batch_size None: one task per input block (a batch size would merge blocks one file short of it)
+    ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=None,
+                        batch_format="numpy", num_cpus=read_cpus, **env)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets},
                         compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
-                        batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus,
-                        runtime_env=env)
-    out = resolve(config.out)
+                        batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus, **env)
+    writer = NightWriter(resolve(config.out), summary.run_id, config.rows_per_file)
     try:
-        ds.write_parquet(out.path, filesystem=out.fs, partition_cols=[PARTITION_COLUMN],
-                         filename_provider=RunFilenames(summary.run_id), schema=SCHEMA)
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(block)
+        writer.close()
+    except StorageError:
+        raise
     except Exception as exc:
+        _save_finished(writer)
         if isinstance(exc, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in str(exc):
             raise CatalogueError(
                 f"the model actor pool ({config.actors} x {config.num_gpus or 0} GPU, {config.actor_cpus} CPU) "
                 f"did not start within {config.actor_start_timeout_s} s: no node with those resources appeared"
             ) from None
         raise CatalogueError(f"catalogue run failed: {redact(str(exc))}") from None
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("Ray Data stats:\n%s", ds.stats())
     summary.processed = len(todo)
     _count_written(config.out, summary)
     summary.seconds = time.time() - t0
     log.info("run %s: wrote %d rows (%d ok, %d error) in %d files, %.1f s", summary.run_id, summary.written,
              summary.ok, summary.errors, len(summary.files), summary.seconds)
     return summary
+
+
+def _actor_wait_s(config: CatalogueConfig, resources: dict) -> int:
+    """``DataContext.wait_for_min_actors_s`` for this run.
+
+    Ray Data blocks the whole pipeline (no read task starts) until the actor pool is up when this
+    is positive, and fails after that many seconds: the fail-fast guard for GPU actors (or CPU
+    actors larger than the cluster) that may never get a node. CPU actors that fit the cluster as
+    it is now always start, so for them it is 0 (actors start while the first files are read,
+    saving the actors' start-up time, seconds on small machines).
+    """
+    fits_now = not config.num_gpus and config.actors * config.actor_cpus <= float(resources.get("CPU", 0.0))
+    return 0 if fits_now else max(1, int(config.actor_start_timeout_s))
+
+
+def _op_runtime_env(plain: dict[str, str]) -> dict:
+    """``runtime_env`` keyword for the stages: none when the job's runtime env already sets these
+    (non-secret) variables, e.g. after :func:`ensure_ray`; a stage runtime env differing from the
+    job's makes Ray start a separate set of worker processes (seconds of start-up on small machines)."""
+    import ray
+
+    job_vars = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    if all(job_vars.get(k) == v for k, v in plain.items()):
+        return {}
+    return {"runtime_env": {"env_vars": plain}}
+
+
+def _save_finished(writer: NightWriter) -> None:
+    """After a failed run, write the rows already estimated (the next run skips them)."""
+    try:
+        writer.close()
+    except Exception as exc:  # the run's own error is the one to report
+        log.warning("could not save the rows finished before the failure: %s", redact(str(exc)))
 
 
 def _count_written(out_uri: str, summary: RunSummary) -> None:
@@ -220,4 +282,5 @@ def _count_written(out_uri: str, summary: RunSummary) -> None:
     summary.errors = summary.written - summary.ok
 
 
-__all__ = ["CatalogueConfig", "CatalogueError", "RunSummary", "run_catalogue", "prepare", "worker_env", "StorageError"]
+__all__ = ["CatalogueConfig", "CatalogueError", "RunSummary", "run_catalogue", "prepare", "read_plan", "worker_env",
+           "StorageError"]

@@ -198,10 +198,12 @@ def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
         for k in META_FLOAT:
             row[k] = _float(_get(obs, k))
         mi = pp.preprocess(obs)
-        for k in ("rv_kms", "berv_kms"):  # what preprocessing applied wins over the header
-            v = getattr(mi, k, None)
-            if v is not None and np.isfinite(_float(v)):
-                row[k] = _float(v)
+        # what preprocessing applied wins over the header; the stellar RV is null when none was
+        # applied (e.g. an unreliable CCF measurement, flag RV_UNRELIABLE), whatever the header says
+        row["rv_kms"] = _float(getattr(mi, "rv_kms", None))
+        v = getattr(mi, "berv_kms", None)
+        if v is not None and np.isfinite(_float(v)):
+            row["berv_kms"] = _float(v)
         x = np.asarray(mi.x, dtype=np.float32).reshape(X_SHAPE)
         row.update(x=x, snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0), status=STATUS_OK,
                    night=_night(obs, row, hint))

@@ -62,7 +62,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("bjd", pa.float64(), "d", "Barycentric Julian date (TDB) from the header, when present."),
     Column("exptime_s", pa.float64(), "s", "Exposure time in seconds."),
     Column("berv_kms", pa.float64(), "km/s", "Barycentric Earth radial velocity applied."),
-    Column("rv_kms", pa.float64(), "km/s", "Stellar radial velocity applied (header value, or measured: see flags)."),
+    Column("rv_kms", pa.float64(), "km/s", "Stellar radial velocity applied (header value, or measured by cross-correlation: see flags); null when none was applied, e.g. an unreliable measurement (RV_UNRELIABLE)."),
     Column("snr", pa.float64(), "", "Signal-to-noise ratio: median over the 8 canonical orders."),
     *_label_columns(),
     Column("cov", pa.list_(pa.float64()), "physical", "Full 4x4 covariance in physical units, row-major over (teff, logg, mh, vsini): a list of 16 float64 (reshape(4, 4)); null for error rows."),

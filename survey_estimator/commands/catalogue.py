@@ -34,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="spectra per model call")
     parser.add_argument("--actors", type=int, default=1, help="model actors in the pool")
     parser.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs reserved per model actor (fractional)")
-    parser.add_argument("--read-batch-size", type=int, default=4, help="files per read task batch")
+    parser.add_argument("--read-batch-size", type=int, default=None,
+                        help="files per read task (default: from the number of files and CPUs, 4-32)")
+    parser.add_argument("--read-cpus", type=float, default=None,
+                        help="CPUs reserved per read task (default: one read task per CPU beside the actors)")
     parser.add_argument("--actor-timeout", type=int, default=600, help="seconds to wait for the actor pool (GPU nodes) to start")
     parser.add_argument("--no-dae", action="store_true", help="estimate without the denoiser")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -46,7 +49,7 @@ def config_from_args(args: argparse.Namespace):
     return CatalogueConfig(
         archive=args.archive, out=args.out, model=args.model, night=args.night, since=args.since,
         num_gpus=args.num_gpus, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
-        read_batch_size=args.read_batch_size, actor_start_timeout_s=args.actor_timeout, use_dae=not args.no_dae,
+        read_batch_size=args.read_batch_size, read_cpus=args.read_cpus, actor_start_timeout_s=args.actor_timeout, use_dae=not args.no_dae,
     )
 
 
