@@ -1,4 +1,4 @@
-"""The canonical layout against the real HARPS-N coefficient table (tests/data/ORIGIN.md)."""
+"""The canonical layout against the real HARPS-N coefficient table (survey_estimator/data/ORIGIN.md)."""
 import numpy as np
 import pytest
 
@@ -10,8 +10,6 @@ from survey_estimator.layout import (
     resample_to_layout,
     wavelength_solution,
 )
-
-REAL_TABLE = "/work/shared/data/real/HARPN.2016-01-07T17-12-23.525_wave_A.TH_COEFF_LL.txt"
 
 
 def test_shipped_coefficients_are_the_real_table():
