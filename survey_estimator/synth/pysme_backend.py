@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import BackendConfig, MissingAtmosphere, SynthesisError, base_physics
-from .sources import atlas_model_labels, split_atlas_models
+from .sources import atlas_model_labels, split_atlas_models, turbospectrum_blocks
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +76,15 @@ def read_turbospectrum(path: str):
     Returns the frame and counters ``{"unsold_factor_lines": n, "isotope_lines": n}``.
     """
     rows, counts = [], {"unsold_factor_lines": 0, "isotope_lines": 0}
-    lines = Path(path).read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        head = lines[i]
-        if not head.startswith("'"):
-            i += 1
-            continue
-        code = head.split("'")[1].strip()
-        n = int(head.split("'")[2].split()[1])
-        label = lines[i + 1].strip().strip("'").split()
+    for code, _, label_line, body in turbospectrum_blocks(Path(path).read_text()):
+        code = code.strip()
+        label = label_line.strip().strip("'").split()
         z = int(float(code))
         ion = ROMAN[label[1]]
         mass = int(round((float(code) - z) * 1000))
         dlog = math.log10(isotope_fraction(z, mass)) if mass else 0.0
         species = f"{ELEMENTS[z - 1]} {ion}"
-        for ln in lines[i + 2 : i + 2 + n]:
+        for ln in body:
             p = ln.split()
             wl, chi, loggf, vdw, grad = float(p[0]), float(p[1]), float(p[2]), float(p[3]), float(p[5])
             if 0 < vdw < 20:
@@ -99,7 +92,6 @@ def read_turbospectrum(path: str):
                 counts["unsold_factor_lines"] += 1
             counts["isotope_lines"] += bool(mass)
             rows.append((species, z, ion, wl, chi, loggf + dlog, math.log10(grad) if grad > 0 else 0.0, 0.0, vdw))
-        i += 2 + n
     return _frame(rows), counts
 
 

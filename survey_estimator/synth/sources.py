@@ -192,10 +192,11 @@ def prepare_atmospheres(path: str | None = None) -> SourceFile:
 
 
 # -- atomic lines (Turbospectrum / Gaia-ESO format) -------------------------------------------------
-def cut_turbospectrum(text: str, lo: float, hi: float) -> str:
-    """Keep lines with lo <= wavelength <= hi; species blocks keep their two header lines with the
-    line count rewritten. Empty blocks are dropped."""
-    out: list[str] = []
+def turbospectrum_blocks(text: str):
+    """Species blocks of a Turbospectrum/Gaia-ESO list: yields (code, ion, label line, body lines).
+
+    A block is a header ``'Z.AAA'  ion  n``, a label line ``'El ION  ...'`` and ``n`` line rows.
+    """
     lines = text.splitlines()
     i = 0
     while i < len(lines):
@@ -203,15 +204,20 @@ def cut_turbospectrum(text: str, lo: float, hi: float) -> str:
         if not head.startswith("'"):
             i += 1
             continue
-        name = lines[i + 1]
-        n = int(head.split("'")[2].split()[1])
-        body = lines[i + 2 : i + 2 + n]
-        i += 2 + n
+        parts = head.split("'")
+        ion, n = parts[2].split()[:2]
+        yield parts[1], ion, lines[i + 1], lines[i + 2 : i + 2 + int(n)]
+        i += 2 + int(n)
+
+
+def cut_turbospectrum(text: str, lo: float, hi: float) -> str:
+    """Keep lines with lo <= wavelength <= hi; species blocks keep their two header lines with the
+    line count rewritten. Empty blocks are dropped."""
+    out: list[str] = []
+    for code, ion, label, body in turbospectrum_blocks(text):
         keep = [ln for ln in body if lo <= float(ln.split()[0]) <= hi]
         if keep:
-            parts = head.split("'")
-            ion = parts[2].split()[0]
-            out += [f"'{parts[1]}' {ion:>4} {len(keep):>9}", name, *keep]
+            out += [f"'{code}' {ion:>4} {len(keep):>9}", label, *keep]
     return "\n".join(out) + "\n"
 
 
