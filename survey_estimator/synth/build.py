@@ -263,15 +263,24 @@ def _progress(config: BuildConfig, total: int):
 
 
 def ensure_ray(num_cpus: int | None = None):
-    """Connect to the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), or start a
-    local one with ``num_cpus`` CPUs when none is set. Returns the ``ray`` module."""
+    """Connect to the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) or, as
+    ``ray.init()`` does, to a cluster already running on this machine (``ray start``); else start
+    a local one with ``num_cpus`` CPUs. Returns the ``ray`` module.
+
+    On an existing cluster ``num_cpus`` only bounds the tasks in flight (see :func:`build_grid`)."""
     import ray
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
-        else:
+            return ray
+        try:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
+        except ValueError as exc:  # Ray found a running cluster and refuses resource arguments
+            if "existing cluster" not in str(exc):
+                raise
+            log.info("joining the Ray cluster already running on this machine")
+            ray.init()
     return ray
 
 
