@@ -23,7 +23,7 @@ from astropy.io import fits
 from ..layout import wavelength_solution
 from ..observation import Observation, ReadError
 from .detect import Cards, Source, open_fits
-from .metadata import common, order_snr
+from .metadata import common, old_drs
 from .noise import count_variance
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,11 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: So
         medium="air",
         frame="observatory",
         instrument=instrument,
-        drs_version=str(cards.get("DRS VERSION", "old-DRS")),
         kind="e2ds",
         source=name,
-        bjd=cards.float("DRS BJD"),
-        berv_kms=cards.float("DRS BERV"),
-        rv_kms=cards.float("DRS CCF RVC"),
-        snr=order_snr(header, r"(?:ESO|TNG) DRS SPE EXT SN(\d+)$", first=0),
         blaze_corrected=blaze_used is not None,
         orders=np.arange(flux.shape[0]),
         notes=notes,
         **kw,
+        **old_drs(header, cards),
     )

@@ -73,3 +73,16 @@ def order_snr(header: fits.Header, pattern: str, first: int = 0) -> np.ndarray |
         if i >= 0 and v is not None:
             out[i] = v
     return out
+
+
+def old_drs(header: fits.Header, cards: Cards) -> dict:
+    """Observation fields from the old-DRS cards (``HIERARCH TNG``/``ESO DRS ...``) shared by e2ds
+    and s1d products: DRS version, BJD, BERV (km/s), the CCF RV (km/s) and per-order S/N
+    (``DRS SPE EXT SN{n}``, n from 0)."""
+    return dict(
+        drs_version=str(cards.get("DRS VERSION", "old-DRS")),
+        bjd=cards.float("DRS BJD"),
+        berv_kms=cards.float("DRS BERV"),
+        rv_kms=cards.float("DRS CCF RVC"),
+        snr=order_snr(header, r"(?:ESO|TNG) DRS SPE EXT SN(\d+)$", first=0),
+    )

@@ -11,7 +11,7 @@ from astropy.io import fits
 
 from ..observation import Observation, ReadError
 from .detect import Cards
-from .metadata import common, order_snr
+from .metadata import common, old_drs
 from .noise import der_snr_variance
 
 FRAMES = {"BARYCENT": "barycentric", "TOPOCENT": "observatory", "SOURCE": "rest"}
@@ -58,12 +58,8 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze=Non
         medium=medium_from_header(header),
         frame=frame_from_specsys(header, "barycentric"),
         instrument=instrument,
-        drs_version=str(cards.get("DRS VERSION", "old-DRS")),
         kind="s1d",
         source=name,
-        bjd=cards.float("DRS BJD"),
-        berv_kms=cards.float("DRS BERV"),
-        rv_kms=cards.float("DRS CCF RVC"),
-        snr=order_snr(header, r"(?:ESO|TNG) DRS SPE EXT SN(\d+)$", first=0),
         **common(header, cards, instrument),
+        **old_drs(header, cards),
     )
