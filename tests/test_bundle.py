@@ -160,3 +160,14 @@ def test_bundle_without_dae_and_calibration_errors(tmp_path):
     assert loaded.dae is None and not (tmp_path / DAE_FILE).exists()
     p = loaded.predict(spectra(2), use_dae=True)
     np.testing.assert_array_equal(p.sigma, p.sigma_raw)
+
+
+def test_label_range_round_trip_and_default(bundle, tmp_path):
+    lo, hi = bundle.label_bounds  # no range recorded: the Table-1 axes
+    np.testing.assert_array_equal(lo, [3500, 0, -2.5, 0])
+    np.testing.assert_array_equal(hi, [9750, 5, 0.5, 30])
+    span = {"teff": [4000, 7000], "logg": [0, 5], "mh": [-2.5, 0.5], "vsini": [0, 30]}
+    b = ModelBundle.create(bundle.estimator, name="ranged", preprocessing_version=PREP, grid_id="g", label_range=span)
+    loaded = ModelBundle.load(b.save(tmp_path / "ranged"), expect_preprocessing=PREP, device="cpu")
+    np.testing.assert_array_equal(loaded.label_bounds[0], [4000, 0, -2.5, 0])
+    np.testing.assert_array_equal(loaded.label_bounds[1], [7000, 5, 0.5, 30])

@@ -61,6 +61,17 @@ def test_catalogue_flags_from_predictions():
     assert "NONFINITE" in names[3]
 
 
+def test_catalogue_flags_follow_the_model_range():
+    """A model trained on Teff 4000-7000 K flags an M dwarf estimate that Table 1 would accept."""
+    mean = np.array([[3900, 4.8, 0.0, 2.0], [4100, 4.8, 0.0, 2.0], [5000, 4.0, 0.0, 2.0]])
+    sigma = np.array([[50, 0.1, 0.1, 1.0], [150, 0.1, 0.1, 1.0], [50, 0.1, 0.1, 1.0]])
+    mask = np.ones((3, 8, 4096), bool)
+    assert [flag_names(v) for v in catalogue_flags(mean, sigma, mask)] == [[], [], []]
+    bounds = (np.array([4000, 0, -2.5, 0]), np.array([7000, 5, 0.5, 30]))
+    names = [flag_names(v) for v in catalogue_flags(mean, sigma, mask, bounds)]
+    assert names == [["OUTSIDE_GRID"], ["EXTRAPOLATED"], []]
+
+
 def test_night_is_the_local_noon_date():
     # La Palma (HARPS-N): local mean time = UTC - 1.19 h
     assert night_of(dt.datetime(2016, 1, 8, 2, 30), "HARPS-N") == "2016-01-07"

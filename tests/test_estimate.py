@@ -171,3 +171,24 @@ def test_package_production_folder_is_documented():
     readme = shipped.PRODUCTION_DIR / "README.md"
     assert readme.is_file() and "manifest.json" in readme.read_text()
     assert shipped.PRODUCTION_MODEL == "models:/stellar-estimator@production"
+
+
+def test_real_star_check_beside_literature_with_the_models_range(tmp_path, capsys):
+    """evaluate --real-stars runs the catalogue's reading code on the real files (HD 41248 S2D,
+    Gl 273 e2ds with its blaze, Gl 581 s1d) and flags estimates outside the model's own range."""
+    hot_only = {"teff": [9000, 9750], "logg": [0, 5], "mh": [-2.5, 0.5], "vsini": [0, 30]}
+    model = save_tiny_bundle(tmp_path / "hot", label_range=hot_only)
+    rc = run_command("evaluate", ["--model", str(model), "--real-stars", str(DATA), "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| HD 41248 (G2V, inside the grid) | HD41248_1_1_S2D_A.rows80-95.fits.gz |" in out
+    rows = json.loads((tmp_path / "ev" / "real_stars.json").read_text())
+    assert [r["star"] for r in rows] == ["HD 41248", "Gl 273", "Gl 581"]
+    assert [r["lit_teff"] for r in rows] == [5710, 3380, 3450]
+    assert all(r["status"] == "ok" and r["teff"] < 9000 and "OUTSIDE_GRID" in r["flags"] for r in rows), rows
+    assert (tmp_path / "ev" / "real_stars.md").read_text().count("OUTSIDE_GRID") == 3
+
+
+def test_evaluate_needs_a_grid_or_real_stars(bundle, capsys):
+    assert run_command("evaluate", ["--model", str(bundle)]) == 2
+    assert "--real-stars" in capsys.readouterr().err

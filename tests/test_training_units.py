@@ -96,3 +96,37 @@ def test_one_worker_epoch_on_the_tiny_grid(tiny_grid):
     assert v1 == v2 and "val/mae_teff" in v1 and 0 <= v1["val/mae_teff"] < 7000
     line = progress_line(0, 3, {**m, **v1, "lr": 1e-4, "samples_per_s_per_worker": 3.0, "epoch_s": 1.0})
     assert line.startswith("epoch 1/3") and "val MAE teff" in line
+
+
+def test_dae_from_a_checkpoint_goes_in_front_of_an_estimator(tmp_path):
+    from survey_estimator.models import build_model
+    from survey_estimator.models.bundle import ModelBundle
+    from survey_estimator.training.pipeline import dae_from_checkpoint
+
+    cfg = TrainConfig(grid="g", task="dae", preset="tiny", dae_overrides={"widths": [4, 6]})
+    nets = build_networks(cfg)
+    with torch.no_grad():
+        nets["dae"].out.weight.normal_(0, 0.3)
+    save_checkpoint(tmp_path / "dae", TrainState(epoch=0, config=cfg.to_dict()), nets, build_optimisers(cfg, nets))
+    dae = dae_from_checkpoint(tmp_path / "dae")
+    assert not dae.training and dae.config.widths == (4, 6)
+    for k, v in nets["dae"].state_dict().items():
+        assert torch.equal(dae.state_dict()[k], v), k
+
+    torch.manual_seed(0)
+    plain = ModelBundle.create(build_model("resnet", preset="tiny"), name="est", preprocessing_version="p", grid_id="g",
+                               calibration=[2, 1, 1, 1])
+    both = plain.with_dae(dae)
+    assert plain.dae is None and plain.manifest.dae is None and both.manifest.dae["architecture"] == "dae"
+    loaded = ModelBundle.load(both.save(tmp_path / "both"), expect_preprocessing="p", device="cpu")
+    assert loaded.manifest.calibration == plain.manifest.calibration
+    x = torch.randn(2, 2, 8, 4096) * 0.05
+    x[:, 1] = 1.0
+    assert (loaded.predict(x, use_dae=True).mean != loaded.predict(x, use_dae=False).mean).any()
+    assert (loaded.predict(x, use_dae=False).mean == plain.predict(x).mean).all()
+
+    est_cfg = TrainConfig(grid="g", task="estimator", preset="tiny")
+    est_nets = build_networks(est_cfg)
+    save_checkpoint(tmp_path / "est", TrainState(epoch=0, config=est_cfg.to_dict()), est_nets, {})
+    with pytest.raises(KeyError, match="no DAE"):
+        dae_from_checkpoint(tmp_path / "est")

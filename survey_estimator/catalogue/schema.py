@@ -98,27 +98,31 @@ class CatalogueFlag(enum.IntFlag):
 
 
 CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
-    CatalogueFlag.OUTSIDE_GRID: "A posterior mean lies outside the Table-1 label range of the training grid.",
-    CatalogueFlag.EXTRAPOLATED: "The mean is inside the grid but its 1-sigma interval crosses a grid edge for some label.",
+    CatalogueFlag.OUTSIDE_GRID: "A posterior mean lies outside the label range the model was trained on (its grid span; Table 1 for older bundles).",
+    CatalogueFlag.EXTRAPOLATED: "The mean is inside that range but its 1-sigma interval crosses an edge of it for some label.",
     CatalogueFlag.MOSTLY_MASKED: "More than half of the 8 x 4096 input pixels are masked.",
     CatalogueFlag.NONFINITE: "The model returned a non-finite mean or sigma (values kept as NaN).",
     CatalogueFlag.READ_ERROR: "The file could not be read or preprocessed (status 'error').",
 }
 
 
-def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray,
+                    bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Catalogue flags for a batch (low S/N, missing orders, RV measured are preprocessing flags).
 
     Args:
         mean: (B, 4) physical posterior means.
         sigma: (B, 4) physical 1-sigma uncertainties.
         mask: (B, 8, 4096) bool, True = usable pixel.
+        bounds: (lo (4,), hi (4,)) label range the model was trained on
+            (``ModelBundle.label_bounds``); None = the Table-1 axes.
 
     Returns:
         (B,) int64 of :class:`CatalogueFlag` bits.
     """
-    lo = np.array([a.start for a in LABEL_AXES])
-    hi = np.array([a.stop for a in LABEL_AXES])
+    if bounds is None:
+        bounds = (np.array([a.start for a in LABEL_AXES]), np.array([a.stop for a in LABEL_AXES]))
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in bounds)
     out = np.zeros(len(mean), dtype=np.int64)
     finite = np.isfinite(mean).all(axis=1) & np.isfinite(sigma).all(axis=1)
     with np.errstate(invalid="ignore"):

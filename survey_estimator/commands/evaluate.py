@@ -1,9 +1,16 @@
-"""Score a model (registered version or bundle directory) on held-out grid nodes at fixed S/N.
+"""Score a model on held-out grid nodes at fixed S/N, and on real stars beside literature values.
 
 Prints the MAE table (the seed's Table 2) and the 1/2-sigma coverage tables (Table 3), raw and
-calibrated; writes figures and scores to --out; logs them to MLflow with --log.
+calibrated; writes figures and scores to --out; logs them to MLflow with --log. With
+--real-stars DIR it also runs the model on the real spectra of HD 41248, Gl 273 and Gl 581 found
+in DIR (through the catalogue's reading code) and prints them beside literature values. With
+--dae-checkpoint it puts the DAE of a `train --task dae` checkpoint in front of the model's
+estimator (the with/without-DAE comparison); --save-bundle writes that combined bundle.
+
+The model defaults to the shipped bundle (else models:/stellar-estimator@production).
 
 Examples:
+  survey-estimator evaluate --grid grids/full --snr 10 20 50 100 200 --real-stars ../shared/data/real
   survey-estimator evaluate --model models:/stellar-estimator@candidate --grid grids/full --snr 20 100
   survey-estimator evaluate --model path/to/bundle --grid grids/full --snr 100 --teff-range 4000 6000 --no-dae
 """
@@ -16,8 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/N, runs:/ID/bundle or a bundle directory")
-    p.add_argument("--grid", required=True, help="grid store URI (local directory or s3://)")
+    p.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/N, s3:// or a bundle directory "
+                                                  "(default: the shipped bundle, else models:/stellar-estimator@production)")
+    p.add_argument("--grid", default=None, help="grid store URI (local directory or s3://) of the test nodes")
+    p.add_argument("--real-stars", metavar="DIR", default=None,
+                   help="also run the model on the real stars' files in DIR (e.g. ../shared/data/real)")
+    p.add_argument("--dae-checkpoint", metavar="DIR", default=None,
+                   help="put the DAE of this training checkpoint (a --task dae run) in front of the estimator")
+    p.add_argument("--save-bundle", metavar="DIR", default=None, help="write the evaluated bundle (with --dae-checkpoint) to DIR")
     p.add_argument("--snr", type=float, nargs="+", default=[20.0, 100.0], help="S/N of the test sets")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which grid nodes")
     p.add_argument("--n", type=int, default=2000, help="spectra per S/N")
@@ -38,43 +51,87 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     import tempfile
     from pathlib import Path
 
-    from .. import tracking
-    from ..evaluation.evaluate import EvalConfig, evaluate_bundle
+    from ..catalogue.model import ModelNotFoundError, load_bundle, resolve_model
 
-    bundle = tracking.load_registered_bundle(args.model, device=args.device)
-    cfg = EvalConfig(
-        snrs=tuple(args.snr), split=args.split, n=args.n, batch_size=args.batch_size,
-        teff_range=tuple(args.teff_range) if args.teff_range else None, use_dae=args.use_dae,
-        fit_calibration=args.refit_calibration, calibration_snr=tuple(args.calibration_snr),
-        split_seed=args.split_seed if args.split_seed is not None else _trained_split_seed(bundle), seed=args.seed,
-    )
-    report = evaluate_bundle(bundle, args.grid, cfg)
-    title = f"{args.model} ({bundle.manifest.architecture}, {bundle.manifest.head}"
-    title += ", with DAE)" if (args.use_dae and bundle.dae is not None) else ", no DAE)"
-    if cfg.teff_range:
-        title += f", Teff {cfg.teff_range[0]:g}-{cfg.teff_range[1]:g} K"
-    print(f"## {title}\n\n{report.markdown()}")
+    if not args.grid and not args.real_stars:
+        print("error: give --grid (held-out test nodes) and/or --real-stars DIR", file=sys.stderr)
+        return 2
+    try:
+        ref = resolve_model(args.model)
+        bundle = load_bundle(ref)
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.device:
+        bundle.to(args.device)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="evaluation-"))
-    files = report.write(out)
-    print(f"\n{len(files)} files in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dae_checkpoint or args.save_bundle:
+        from ..training.pipeline import dae_from_checkpoint
+
+        if args.dae_checkpoint:
+            bundle = bundle.with_dae(dae_from_checkpoint(args.dae_checkpoint))
+        saved = bundle.save(args.save_bundle or out / "bundle")
+        ref = resolve_model(str(saved))
+        print(f"evaluating the bundle saved in {saved}")
+    name = args.model or ref.spec
+    title = f"{name} ({bundle.manifest.architecture}, {bundle.manifest.head}"
+    title += ", with DAE)" if (args.use_dae and bundle.dae is not None) else ", no DAE)"
+    metrics: dict[str, float] = {}
+    if args.grid:
+        from ..evaluation.evaluate import EvalConfig, evaluate_bundle
+
+        cfg = EvalConfig(
+            snrs=tuple(args.snr), split=args.split, n=args.n, batch_size=args.batch_size,
+            teff_range=tuple(args.teff_range) if args.teff_range else None, use_dae=args.use_dae,
+            fit_calibration=args.refit_calibration, calibration_snr=tuple(args.calibration_snr),
+            split_seed=args.split_seed if args.split_seed is not None else _trained_split_seed(bundle), seed=args.seed,
+        )
+        report = evaluate_bundle(bundle, args.grid, cfg)
+        if cfg.teff_range:
+            title += f", Teff {cfg.teff_range[0]:g}-{cfg.teff_range[1]:g} K"
+        print(f"## {title}\n\n{report.markdown()}")
+        files = report.write(out)
+        metrics = report.flat_metrics()
+        print(f"\n{len(files)} files in {out}")
+    if args.real_stars:
+        import json
+
+        from ..evaluation.real_stars import check_real_stars, markdown
+
+        rows = check_real_stars(ref, args.real_stars, use_dae=args.use_dae)
+        table = markdown(rows)
+        print(f"\n## Real stars, {title}\n\n{table}")
+        (out / "real_stars.md").write_text(table + "\n")
+        (out / "real_stars.json").write_text(json.dumps(rows, indent=1))
     if args.log:
-        uri = tracking.configure()
-        exp = tracking.get_or_create_experiment(args.experiment, uri)
-        c = tracking.client(uri)
-        run = c.create_run(exp, run_name=f"evaluate-{bundle.manifest.name}", tags={"survey_estimator.kind": "evaluate"})
-        tracking.log_params(run.info.run_id, {
-            "model": args.model, "grid": args.grid, "split": args.split, "n": args.n, "snr": ",".join(f"{s:g}" for s in args.snr),
-            "teff_range": args.teff_range, "use_dae": args.use_dae, "refit_calibration": args.refit_calibration,
-            "bundle.grid_id": bundle.manifest.grid_id, "bundle.git_commit": bundle.manifest.git_commit,
-        }, uri)
-        tracking.log_metrics(run.info.run_id, report.flat_metrics(), step=0, uri=uri)
-        c.log_artifacts(run.info.run_id, str(out), artifact_path="evaluation")
-        c.set_terminated(run.info.run_id)
-        print(f"MLflow run {run.info.run_id}")
+        _log_run(args, bundle, metrics, out)
     return 0
+
+
+def _log_run(args: argparse.Namespace, bundle, metrics: dict[str, float], out) -> None:
+    """The evaluation as an MLflow run: params, flat metrics, and the --out folder as artifacts."""
+    from .. import tracking
+
+    uri = tracking.configure()
+    exp = tracking.get_or_create_experiment(args.experiment, uri)
+    c = tracking.client(uri)
+    run = c.create_run(exp, run_name=f"evaluate-{bundle.manifest.name}", tags={"survey_estimator.kind": "evaluate"})
+    tracking.log_params(run.info.run_id, {
+        "model": args.model, "grid": args.grid, "split": args.split, "n": args.n, "snr": ",".join(f"{s:g}" for s in args.snr),
+        "teff_range": args.teff_range, "use_dae": args.use_dae, "refit_calibration": args.refit_calibration,
+        "dae_checkpoint": args.dae_checkpoint, "real_stars": args.real_stars,
+        "bundle.grid_id": bundle.manifest.grid_id, "bundle.git_commit": bundle.manifest.git_commit,
+    }, uri)
+    if metrics:
+        tracking.log_metrics(run.info.run_id, metrics, step=0, uri=uri)
+    c.log_artifacts(run.info.run_id, str(out), artifact_path="evaluation")
+    c.set_terminated(run.info.run_id)
+    print(f"MLflow run {run.info.run_id}")
 
 
 def _trained_split_seed(bundle) -> int:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..labels import LABEL_NAMES, LabelScaler
+from ..labels import LABEL_AXES, LABEL_NAMES, LabelScaler
 from ..layout import LAYOUT_VERSION
 from ..normalise import NORMALISATION_VERSION
 from .heads import to_physical
@@ -71,6 +71,9 @@ class Manifest:
     dae: dict[str, Any] | None = None
     """{"architecture": "dae", "config": {...}} or None."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    label_range: dict[str, list[float]] | None = None
+    """{label: [lo, hi]} physical range the estimator was trained on (grid span; v sin i range);
+    None = the full Table-1 axes (:data:`survey_estimator.labels.LABEL_AXES`)."""
     weights: dict[str, str] = field(default_factory=dict)
     """File name -> sha256 hex digest, filled by :meth:`ModelBundle.save`."""
     package_version: str = __version__
@@ -181,6 +184,7 @@ class ModelBundle:
         metrics: Mapping[str, Any] | None = None,
         commit: str | None = None,
         layout_version: str = LAYOUT_VERSION,
+        label_range: Mapping[str, Sequence[float]] | None = None,
     ) -> "ModelBundle":
         """A bundle from trained networks (built by :mod:`.registry` classes) and their context."""
         arch, config = describe(estimator)
@@ -208,11 +212,35 @@ class ModelBundle:
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             dae=dae_entry,
             metrics=dict(metrics or {}),
+            label_range={k: [float(v) for v in label_range[k]] for k in LABEL_NAMES} if label_range else None,
         )
         bundle = cls(estimator, manifest, dae)
         if calibration is not None:
             bundle.set_calibration(calibration)
         return bundle
+
+    @property
+    def label_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo (4,), hi (4,)) physical label range the estimator knows, order ``LABEL_NAMES``."""
+        if self.manifest.label_range:
+            r = self.manifest.label_range
+            return np.array([r[n][0] for n in LABEL_NAMES], float), np.array([r[n][1] for n in LABEL_NAMES], float)
+        return np.array([a.start for a in LABEL_AXES], float), np.array([a.stop for a in LABEL_AXES], float)
+
+    def with_dae(self, dae: nn.Module | None) -> "ModelBundle":
+        """This bundle's estimator, scaling, calibration and range with ``dae`` in front (None: no DAE).
+
+        The new bundle shares the estimator module; its manifest is a copy with the DAE entry
+        replaced (weights checksums are rewritten by :meth:`save`)."""
+        entry = None
+        if dae is not None:
+            dae_arch, dae_config = describe(dae)
+            if architecture(dae_arch).estimator:
+                raise ModelConfigError(f"{dae_arch} is not a denoiser")
+            entry = {"architecture": dae_arch, "config": dae_config}
+            dae.to(self.device).eval()
+        manifest = dataclasses.replace(self.manifest, dae=entry, weights={}, metrics=dict(self.manifest.metrics))
+        return type(self)(self.estimator, manifest, dae)
 
     # -- calibration and device -------------------------------------------------------------
     @property

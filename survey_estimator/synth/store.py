@@ -160,6 +160,13 @@ class GridStore:
 
         return pq.read_table(io.BytesIO(loc.read_bytes()))
 
+    def label_range(self) -> dict[str, list[float]]:
+        """{"teff": [lo, hi], "logg": [...], "mh": [...]}: the span of the finished ('ok') nodes."""
+        ok = [r for r in self.node_table().to_pylist() if r["status"] == "ok"]
+        if not ok:
+            raise StorageError(f"grid at {self.uri} holds no finished spectra")
+        return {n: [min(r[n] for r in ok), max(r[n] for r in ok)] for n in ("teff", "logg", "mh")}
+
     def load_dense(self) -> DenseGrid:
         """All 'ok' nodes as a dense (nT, nG, nM, L) array on the axes the nodes span."""
         table = self.node_table().to_pylist()

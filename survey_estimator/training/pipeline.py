@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .. import tracking
+from ..sampling import SamplerConfig
 from ..synth.store import GridStore
 from .checkpoint import load_model_weights
 from .components import build_networks
@@ -73,10 +74,24 @@ def bundle_from_checkpoint(cfg: TrainConfig, checkpoint_dir: Path, grid_id: str)
         net.load_state_dict(load_model_weights(checkpoint_dir, name))
         net.eval()
     commit = tracking.git_commit() or "unknown"
+    span = {**GridStore(cfg.grid).label_range(), "vsini": list(SamplerConfig.vsini_range)}
     return ModelBundle.create(
         nets["estimator"], name=cfg.register_name, preprocessing_version=preprocessing_version(),
-        grid_id=grid_id, dae=nets.get("dae"), commit=commit,
+        grid_id=grid_id, dae=nets.get("dae"), commit=commit, label_range=span,
     )
+
+
+def dae_from_checkpoint(checkpoint_dir: str | Path):
+    """The DAE of a training checkpoint (a ``--task dae`` or ``both`` run), rebuilt from the run's
+    config and in eval mode. Raises KeyError when the checkpoint has no DAE."""
+    from .checkpoint import read_state
+
+    cfg = TrainConfig.from_dict(read_state(checkpoint_dir).config)
+    if not cfg.trains_dae:
+        raise KeyError(f"checkpoint {checkpoint_dir} is of a {cfg.task!r} run: it has no DAE")
+    dae = build_networks(TrainConfig.from_dict({**cfg.to_dict(), "task": "dae"}))["dae"]
+    dae.load_state_dict(load_model_weights(checkpoint_dir, "dae"))
+    return dae.eval()
 
 
 def training_record(cfg: TrainConfig, summary: TrainSummary) -> dict:

@@ -1,0 +1,113 @@
+"""Real-star check: run a model on the real spectra of known stars and set its estimates beside
+literature values (a check of the synthetic gap, never training or tuning data).
+
+The stars are the real instrument files of ``../shared/data/real`` (and their cut-down copies in
+``tests/data``): HD 41248 (G2V, inside the grid), and the M dwarfs Gl 273 and Gl 581, which sit
+at or below the 3500 K grid edge and must come out flagged (``OUTSIDE_GRID`` / ``EXTRAPOLATED``).
+Each file goes through the catalogue's own read, preprocess and model code
+(:func:`survey_estimator.commands.estimate.estimate_tables`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..labels import LABEL_NAMES
+
+
+@dataclass(frozen=True)
+class RealStar:
+    """A star with literature parameters and the file names its spectrum may have.
+
+    Attributes:
+        name: star name.
+        files: candidate file names, first found wins (the full file, then the cut test copy).
+        kind: instrument and product.
+        spectral_type: literature spectral type.
+        teff: K; logg: dex (cgs); feh: [Fe/H] dex (compared with the model's [M/H]).
+        where: where the star sits relative to the grid.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    kind: str
+    spectral_type: str
+    teff: float
+    logg: float
+    feh: float
+    where: str
+
+
+REAL_STARS: tuple[RealStar, ...] = (
+    RealStar("HD 41248", ("HD41248_1_1_S2D_A.fits", "HD41248_1_1_S2D_A.rows80-95.fits.gz"), "ESPRESSO S2D", "G2V",
+             5710.0, 4.48, -0.37, "inside the grid"),
+    RealStar("Gl 273", ("HARPS.2003-12-13T06-19-48.371_e2ds_A.fits",), "HARPS old-DRS e2ds", "M3.5V",
+             3380.0, 4.9, -0.1, "below the 3500 K grid edge"),
+    RealStar("Gl 581", ("HARPS.2010-09-18T23-42-36.178_s1d_A.fits", "HARPS.2010-09-18T23-42-36.178_s1d_A.4900-5500.fits"),
+             "HARPS old-DRS s1d", "M3V", 3450.0, 4.9, -0.2, "at the 3500 K grid edge"),
+)
+"""Literature values as checked in ``../shared/docs/FACTS.md`` (approximate, rounded)."""
+
+
+def find_files(data_dir: str, stars: tuple[RealStar, ...] = REAL_STARS) -> dict[RealStar, str]:
+    """{star: path} for the stars whose file is in ``data_dir`` (others are left out)."""
+    out = {}
+    for star in stars:
+        for name in star.files:
+            path = os.path.join(data_dir, name)
+            if os.path.isfile(path):
+                out[star] = path
+                break
+    return out
+
+
+def check_real_stars(ref, data_dir: str, use_dae: bool = True) -> list[dict]:
+    """One dict per star found in ``data_dir``: literature values and the catalogue row's estimates.
+
+    Args:
+        ref: a resolved model (:func:`survey_estimator.catalogue.model.resolve_model`).
+        data_dir: folder holding the stars' files (and the e2ds blaze next to it).
+        use_dae: run the bundle's DAE first.
+    Returns:
+        [{"star", "kind", "spectral_type", "where", "file", "lit_teff", "lit_logg", "lit_feh",
+          "status", "error", "flags" (names), <label>, <label>_err ...}].
+    Raises:
+        FileNotFoundError: none of the stars' files is in ``data_dir``.
+    """
+    from ..catalogue.schema import flag_names
+    from ..commands.estimate import estimate_tables
+
+    found = find_files(data_dir)
+    if not found:
+        raise FileNotFoundError(f"none of the real-star files ({', '.join(s.files[0] for s in REAL_STARS)}) is in {data_dir}")
+    stars, paths = list(found), list(found.values())
+    rows = [r for t in estimate_tables(paths, ref, use_dae=use_dae) for r in t.to_pylist()]
+    out = []
+    for star, path, row in zip(stars, paths, rows):
+        entry = {"star": star.name, "kind": star.kind, "spectral_type": star.spectral_type, "where": star.where,
+                 "file": os.path.basename(path), "lit_teff": star.teff, "lit_logg": star.logg, "lit_feh": star.feh,
+                 "status": row["status"], "error": row["error"], "flags": flag_names(row["flags"] or 0)}
+        for name in LABEL_NAMES:
+            entry[name], entry[f"{name}_err"] = row[name], row[f"{name}_err"]
+        out.append(entry)
+    return out
+
+
+def _est(row: dict, name: str, fmt: str) -> str:
+    if row[name] is None:
+        return "-"
+    return f"{row[name]:{fmt}} +/- {row[f'{name}_err']:{fmt}}"
+
+
+def markdown(rows: list[dict]) -> str:
+    """The check as a markdown table: estimate (calibrated 1 sigma) beside the literature value."""
+    lines = ["| star | file | Teff (K) | lit. | log g | lit. | [M/H] | lit. [Fe/H] | v sin i (km/s) | flags |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flags = ", ".join(n for n in r["flags"] if n != "READ_ERROR") or "-"
+        if r["status"] != "ok":
+            flags = f"error: {r['error']}"
+        lines.append(f"| {r['star']} ({r['spectral_type']}, {r['where']}) | {r['file']} | {_est(r, 'teff', '.0f')} | {r['lit_teff']:.0f} "
+                     f"| {_est(r, 'logg', '.2f')} | {r['lit_logg']:.2f} | {_est(r, 'mh', '.2f')} | {r['lit_feh']:+.2f} "
+                     f"| {_est(r, 'vsini', '.1f')} | {flags} |")
+    return "\n".join(lines)
