@@ -5,7 +5,8 @@ calibrated; writes figures and scores to --out; logs them to MLflow with --log. 
 --real-stars DIR it also runs the model on the real spectra of HD 41248, Gl 273 and Gl 581 found
 in DIR (through the catalogue's reading code) and prints them beside literature values. With
 --dae-checkpoint it puts the DAE of a `train --task dae` checkpoint in front of the model's
-estimator (the with/without-DAE comparison); --save-bundle writes that combined bundle.
+estimator (the with/without-DAE comparison); --save-bundle writes the bundle as evaluated (with
+that DAE, and with the calibration refitted by --refit-calibration).
 
 The model defaults to the shipped bundle (else models:/stellar-estimator@production).
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the model on the real stars' files in DIR (e.g. ../shared/data/real)")
     p.add_argument("--dae-checkpoint", metavar="DIR", default=None,
                    help="put the DAE of this training checkpoint (a --task dae run) in front of the estimator")
-    p.add_argument("--save-bundle", metavar="DIR", default=None, help="write the evaluated bundle (with --dae-checkpoint) to DIR")
+    p.add_argument("--save-bundle", metavar="DIR", default=None, help="write the bundle as evaluated (--dae-checkpoint, --refit-calibration) to DIR")
     p.add_argument("--snr", type=float, nargs="+", default=[20.0, 100.0], help="S/N of the test sets")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which grid nodes")
     p.add_argument("--n", type=int, default=2000, help="spectra per S/N")
@@ -70,14 +71,10 @@ def run(args: argparse.Namespace) -> int:
         bundle.to(args.device)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="evaluation-"))
     out.mkdir(parents=True, exist_ok=True)
-    if args.dae_checkpoint or args.save_bundle:
+    if args.dae_checkpoint:
         from ..training.pipeline import dae_from_checkpoint
 
-        if args.dae_checkpoint:
-            bundle = bundle.with_dae(dae_from_checkpoint(args.dae_checkpoint))
-        saved = bundle.save(args.save_bundle or out / "bundle")
-        ref = resolve_model(str(saved))
-        print(f"evaluating the bundle saved in {saved}")
+        bundle = bundle.with_dae(dae_from_checkpoint(args.dae_checkpoint))
     name = args.model or ref.spec
     title = f"{name} ({bundle.manifest.architecture}, {bundle.manifest.head}"
     title += ", with DAE)" if (args.use_dae and bundle.dae is not None) else ", no DAE)"
@@ -92,12 +89,18 @@ def run(args: argparse.Namespace) -> int:
             split_seed=args.split_seed if args.split_seed is not None else _trained_split_seed(bundle), seed=args.seed,
         )
         report = evaluate_bundle(bundle, args.grid, cfg)
+        if cfg.fit_calibration:
+            bundle.set_calibration(report.calibration.tolist())
         if cfg.teff_range:
             title += f", Teff {cfg.teff_range[0]:g}-{cfg.teff_range[1]:g} K"
         print(f"## {title}\n\n{report.markdown()}")
         files = report.write(out)
         metrics = report.flat_metrics()
         print(f"\n{len(files)} files in {out}")
+    if args.dae_checkpoint or args.save_bundle:
+        saved = bundle.save(args.save_bundle or out / "bundle")
+        ref = resolve_model(str(saved))
+        print(f"bundle as evaluated (DAE, calibration) saved in {saved}")
     if args.real_stars:
         import json
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Measure the production model as docs/model-card.md reports it: every table and plot there.
+#
+#   full/            the shipped bundle at S/N 10, 20, 50, 100, 200 (MAE, 1/2-sigma coverage with
+#                    the bundle's stored calibration, plots) and the real stars beside literature
+#   full-4000-6000/  the same at S/N 100, test labels with Teff 4000-6000 K (the seed's subset)
+#   full-dae/        the shipped estimator with the DAE of runs/production-dae in front
+#                    (calibration refitted on validation nodes), S/N 10, 20, 50, 100
+#   diag/            the diagonal-covariance candidate trained beside it, S/N 10, 20, 50, 100
+#
+# Usage: infra/evaluate-production.sh [GRID] [OUT]     (N=1000 spectra per S/N by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRID=${1:-${GRID:-$HOME/.cache/survey-estimator/grids/teff4000-7000}}
+OUT=${2:-eval/production}
+N=${N:-1000}
+BIN=${BIN:-.venv/bin}
+REAL=${REAL:-../shared/data/real}
+MODEL=${MODEL:-survey_estimator/models/production}
+DIAG=${DIAG:-models:/stellar-estimator-diag@candidate}
+DAE=${DAE:-$(ls -td runs/production-dae/checkpoint_* | head -1)}
+
+ev() { "$BIN/python" jobs/evaluate.py --grid "$GRID" --n "$N" --device cpu "$@"; }
+ev --model "$MODEL" --snr 10 20 50 100 200 --real-stars "$REAL" --out "$OUT/full" --log
+ev --model "$MODEL" --snr 100 --teff-range 4000 6000 --out "$OUT/full-4000-6000"
+ev --model "$MODEL" --dae-checkpoint "$DAE" --refit-calibration --snr 10 20 50 100 --real-stars "$REAL" --out "$OUT/full-dae"
+ev --model "$DIAG" --snr 10 20 50 100 --out "$OUT/diag"
