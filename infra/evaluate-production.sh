@@ -8,7 +8,7 @@
 #                    (calibration refitted on validation nodes), S/N 10, 20, 50, 100
 #   diag/            the diagonal-covariance candidate trained beside it, S/N 10, 20, 50, 100
 #
-# Usage: infra/evaluate-production.sh [GRID] [OUT]     (N=1000 spectra per S/N by default)
+# Usage: infra/evaluate-production.sh [GRID] [OUT]     (N=1000 spectra per S/N; RUNS=runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-${GRID:-$HOME/.cache/survey-estimator/grids/teff4000-7000}}
@@ -18,7 +18,8 @@ BIN=${BIN:-.venv/bin}
 REAL=${REAL:-../shared/data/real}
 MODEL=${MODEL:-survey_estimator/models/production}
 DIAG=${DIAG:-models:/stellar-estimator-diag@candidate}
-DAE=${DAE:-$(ls -td runs/production-dae/checkpoint_* | head -1)}
+RUNS=${RUNS:-runs}
+DAE=${DAE:-$(ls -td "$RUNS"/production-dae/checkpoint_* | head -1)}
 
 ev() { "$BIN/python" jobs/evaluate.py --grid "$GRID" --n "$N" --device cpu "$@"; }
 ev --model "$MODEL" --snr 10 20 50 100 200 --real-stars "$REAL" --out "$OUT/full" --log
