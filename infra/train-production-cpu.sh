@@ -27,7 +27,7 @@ BIN=${BIN:-.venv/bin}
 LOGS=$RUNS/logs
 mkdir -p "$LOGS"
 
-"$BIN/ray" start --head --num-cpus 3 --include-dashboard false --disable-usage-stats >"$LOGS/ray-start.log" 2>&1
+"$BIN/ray" start --head --num-cpus 3 --disable-usage-stats >"$LOGS/ray-start.log" 2>&1
 trap '"$BIN/ray" stop >/dev/null 2>&1 || true' EXIT
 export RAY_ADDRESS=auto
 

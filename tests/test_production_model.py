@@ -1,0 +1,61 @@
+"""The production bundle shipped in the package (survey_estimator/models/production).
+
+It loads with this code's versions, records the range and calibration it was trained with, is what
+`estimate` and the catalogue use without --model, and the model card's real-star table is what it
+gives on those files with this code (the Gl 273 e2ds in tests/data is the full real file).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from survey_estimator.catalogue.model import folder_hash, load_bundle, resolve_model
+from survey_estimator.cli import run_command
+from survey_estimator.labels import LABEL_NAMES
+from survey_estimator.models import shipped
+from survey_estimator.models.bundle import ESTIMATOR_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+CARD = ROOT / "docs" / "model-card.md"
+CARD_REAL_STARS = ROOT / "docs" / "model-card" / "real_stars.json"
+
+
+@pytest.fixture(scope="module")
+def production():
+    return load_bundle(resolve_model(str(shipped.PRODUCTION_DIR)))
+
+
+def test_shipped_bundle_loads_and_is_small(production):
+    files = {f.name: f.stat().st_size for f in shipped.PRODUCTION_DIR.iterdir()}
+    assert {"manifest.json", ESTIMATOR_FILE} <= set(files) and sum(files.values()) < 50e6
+    m = production.manifest
+    assert m.name == "stellar-estimator" and m.label_range is not None
+    assert m.label_range["teff"][0] < 5710 < m.label_range["teff"][1]
+    assert all(0.2 < v < 5 for v in m.calibration.values()) and any(abs(v - 1) > 1e-3 for v in m.calibration.values())
+    assert m.metrics["training"]["run_name"] and "test_snr20/mae_teff" in m.metrics
+
+
+def test_model_card_names_the_shipped_weights(production):
+    card = CARD.read_text()
+    assert production.manifest.weights[ESTIMATOR_FILE][:16] in card
+    assert production.manifest.grid_id in card
+
+
+def test_estimate_uses_the_shipped_model_by_default(production, monkeypatch, capsys):
+    monkeypatch.delenv(shipped.BUNDLE_ENV, raising=False)
+    e2ds = DATA / "HARPS.2003-12-13T06-19-48.371_e2ds_A.fits"
+    assert run_command("estimate", ["--json", str(e2ds)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["model_name"] == "stellar-estimator" and row["model_version"] == folder_hash(shipped.PRODUCTION_DIR)
+    assert row["status"] == "ok" and all(np.isfinite(row[n]) and row[f"{n}_err"] > 0 for n in LABEL_NAMES)
+
+    # the model card's real-star row of this file is what this code and bundle give
+    card_rows = {r["file"]: r for r in json.loads(CARD_REAL_STARS.read_text())}
+    ref = card_rows[e2ds.name]
+    for n in LABEL_NAMES:
+        assert row[n] == pytest.approx(ref[n], rel=1e-4, abs=1e-6), n
+        assert row[f"{n}_err"] == pytest.approx(ref[f"{n}_err"], rel=1e-4), n
