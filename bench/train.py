@@ -2,7 +2,7 @@
 each step spent generating the batch with the sampler (the GPU utilisation the sampler allows).
 
     python bench/train.py [--grid URI] [--device auto|cpu|cuda] [--batch 16] [--steps 4] [--warmup 1]
-                          [--models resnet attention dae both] [--preset seed|tiny] [--json out.json]
+                          [--models resnet attention dae both resnet-stem4] [--preset seed|tiny] [--json out.json]
 
 Per network, three timings of a training step at the given batch (median over ``--steps``):
 ``sample`` (the sampler makes one batch on the device), ``model`` (forward, loss, backward and
@@ -14,7 +14,8 @@ multi-worker throughput is this figure times the workers minus the all-reduce (s
 few-million-parameter nets). Rates are per wall second and per CPU second of this process (the
 latter stays fair on a loaded shared machine; it is meaningless for CUDA).
 
-Without --grid the tiny analytic grid of bench/sampler.py is built in a temporary directory.
+The first net listed is the baseline of the ratio column (``resnet-stem4`` is the ResNet with the
+stem strided 4 that the CPU production model uses). Without --grid the tiny analytic grid of bench/sampler.py is built in a temporary directory.
 """
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ from survey_estimator.training.config import TrainConfig  # noqa: E402
 from survey_estimator.training.loop import EpochRunner  # noqa: E402
 from survey_estimator.training.components import build_networks, build_optimisers  # noqa: E402
 
-TASKS = {"resnet": ("estimator", "resnet"), "attention": ("estimator", "attention"), "dae": ("dae", "resnet"),
-         "both": ("both", "resnet")}
+TASKS = {"resnet": ("estimator", "resnet", {}), "attention": ("estimator", "attention", {}), "dae": ("dae", "resnet", {}),
+         "both": ("both", "resnet", {}),
+         "resnet-stem4": ("estimator", "resnet", {"stem_stride": 4})}  # the CPU production model's stem
+"""Benchmarked nets: (training task, estimator architecture, estimator config overrides)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -55,8 +58,9 @@ def _timed(fn, device):
 
 
 def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int, warmup: int, preset: str) -> dict:
-    task, model = TASKS[name]
-    cfg = TrainConfig(grid=grid, task=task, model=model, preset=preset, batch_size=batch, steps_per_epoch=1)
+    task, model, overrides = TASKS[name]
+    cfg = TrainConfig(grid=grid, task=task, model=model, preset=preset, batch_size=batch, steps_per_epoch=1,
+                      model_overrides=overrides)
     torch.manual_seed(0)
     nets = {k: m.to(device) for k, m in build_networks(cfg).items()}
     runner = EpochRunner(cfg, device, 0, nets, build_optimisers(cfg, nets))
@@ -104,11 +108,12 @@ def main(argv=None) -> int:
            "loadavg": os.getloadavg()}
     print(f"# training throughput per worker, {device} (torch {env['torch']}, {env['threads']} threads, "
           f"load {env['loadavg'][0]:.1f}), batch {batch}, preset {args.preset}\n")
-    print("| net | params | samples/s | samples/CPU-s | model-only samples/s | sampler share | model share |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| net | params | samples/s | samples/CPU-s | vs {results[0]['net']} | model-only samples/s | sampler share | model share |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         cpu = f"{r['samples_per_cpu_s']:.1f}" if r["samples_per_cpu_s"] else "-"
-        print(f"| {r['net']} | {sum(r['params'].values()):,} | {r['samples_per_s']:.1f} | {cpu} | "
+        ratio = r["samples_per_s"] / results[0]["samples_per_s"]
+        print(f"| {r['net']} | {sum(r['params'].values()):,} | {r['samples_per_s']:.1f} | {cpu} | {ratio:.2f}x | "
               f"{r['model_only_samples_per_s']:.1f} | {100 * r['sampler_share']:.0f}% | {100 * r['model_share']:.0f}% |")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
