@@ -8,12 +8,15 @@
 #                    (calibration refitted on validation nodes), S/N 10, 20, 50, 100
 #   diag/            the diagonal-covariance candidate trained beside it, S/N 10, 20, 50, 100
 #
-# Usage: infra/evaluate-production.sh [GRID] [OUT]     (N=1000 spectra per S/N; RUNS=runs)
+# Usage: infra/evaluate-production.sh [GRID] [OUT]
+#   N=1000 spectra per S/N for the shipped model, N_CMP=500 for the DAE and diagonal comparisons;
+#   RUNS=runs: where the DAE's training checkpoints are
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRID=${1:-${GRID:-$HOME/.cache/survey-estimator/grids/teff4000-7000}}
 OUT=${2:-eval/production}
 N=${N:-1000}
+N_CMP=${N_CMP:-500}
 BIN=${BIN:-.venv/bin}
 REAL=${REAL:-../shared/data/real}
 MODEL=${MODEL:-survey_estimator/models/production}
@@ -21,8 +24,9 @@ DIAG=${DIAG:-models:/stellar-estimator-diag@candidate}
 RUNS=${RUNS:-runs}
 DAE=${DAE:-$(ls -td "$RUNS"/production-dae/checkpoint_* | head -1)}
 
-ev() { "$BIN/python" jobs/evaluate.py --grid "$GRID" --n "$N" --device cpu "$@"; }
-ev --model "$MODEL" --snr 10 20 50 100 200 --real-stars "$REAL" --out "$OUT/full" --log
-ev --model "$MODEL" --snr 100 --teff-range 4000 6000 --out "$OUT/full-4000-6000"
-ev --model "$MODEL" --dae-checkpoint "$DAE" --refit-calibration --snr 10 20 50 100 --real-stars "$REAL" --out "$OUT/full-dae"
-ev --model "$DIAG" --snr 10 20 50 100 --out "$OUT/diag"
+ev() { "$BIN/python" jobs/evaluate.py --grid "$GRID" --device cpu "$@"; }
+ev --model "$MODEL" --n "$N" --snr 10 20 50 100 200 --real-stars "$REAL" --out "$OUT/full" --log
+ev --model "$MODEL" --n "$N" --snr 100 --teff-range 4000 6000 --out "$OUT/full-4000-6000"
+ev --model "$MODEL" --n "$N_CMP" --dae-checkpoint "$DAE" --refit-calibration --snr 10 20 50 100 --real-stars "$REAL" \
+    --out "$OUT/full-dae"
+ev --model "$DIAG" --n "$N_CMP" --snr 10 20 50 100 --out "$OUT/diag"
