@@ -72,6 +72,15 @@ def test_catalogue_flags_follow_the_model_range():
     assert names == [["OUTSIDE_GRID"], ["EXTRAPOLATED"], []]
 
 
+def test_a_sigma_beyond_the_validation_maximum_is_unfamiliar():
+    mean = np.tile([5000, 4.0, 0.0, 5.0], (3, 1))
+    sigma = np.array([[300, 0.5, 0.3, 1.9], [380, 0.5, 0.3, 1.9], [300, 0.5, 0.3, 2.1]])
+    mask = np.ones((3, 8, 4096), bool)
+    limit = np.array([343.0, 0.56, 0.38, 2.0])
+    assert [flag_names(v) for v in catalogue_flags(mean, sigma, mask, sigma_limit=limit)] == [[], ["UNFAMILIAR"], ["UNFAMILIAR"]]
+    assert [flag_names(v) for v in catalogue_flags(mean, sigma, mask)] == [[], [], []]
+
+
 def test_night_is_the_local_noon_date():
     # La Palma (HARPS-N): local mean time = UTC - 1.19 h
     assert night_of(dt.datetime(2016, 1, 8, 2, 30), "HARPS-N") == "2016-01-07"

@@ -36,7 +36,8 @@ def test_shipped_bundle_loads_and_is_small(production):
     assert m.name == "stellar-estimator" and m.label_range is not None
     assert m.label_range["teff"][0] < 5710 < m.label_range["teff"][1]
     assert all(0.2 < v < 5 for v in m.calibration.values()) and any(abs(v - 1) > 1e-3 for v in m.calibration.values())
-    assert m.metrics["training"]["run_name"] and "test_snr20/mae_teff" in m.metrics
+    assert m.metrics["training"]["run_name"] and "snr20/mae_teff" in m.metrics
+    assert set(m.sigma_limit) == set(LABEL_NAMES)
 
 
 def test_model_card_names_the_shipped_weights(production):

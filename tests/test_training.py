@@ -102,6 +102,7 @@ def test_registry_round_trip_gives_identical_predictions(runs, store, tiny_grid,
     assert by_alias.manifest.calibration == local.manifest.calibration
     assert any(abs(v - 1.0) > 1e-9 for v in local.manifest.calibration.values()), "calibration was not stored"
     assert local.manifest.label_range == {"teff": [5000, 6000], "logg": [4.0, 5.0], "mh": [-0.5, 0.0], "vsini": [0.0, 30.0]}
+    assert set(local.manifest.sigma_limit) == set(LABEL_NAMES) and all(v > 0 for v in local.manifest.sigma_limit.values())
     x = torch.randn(3, 2, 8, 4096) * 0.05
     a, b = by_alias.predict(x), local.predict(x)
     np.testing.assert_array_equal(a.mean, b.mean)

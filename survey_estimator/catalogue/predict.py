@@ -59,7 +59,7 @@ class Predictor:
             m, s, c = self.predict(x)
             mean[ok], sigma[ok], cov[ok] = m, s, c.reshape(len(m), COV_SIZE)
             mask = x[:, 1] > 0.5
-            flags[ok] |= catalogue_flags(m, s, mask, self.bundle.label_bounds)
+            flags[ok] |= catalogue_flags(m, s, mask, self.bundle.label_bounds, self.bundle.sigma_limits)
         return build_table(batch, ok, mean, sigma, cov, flags, self.ref)
 
 

@@ -95,6 +95,7 @@ class CatalogueFlag(enum.IntFlag):
     MOSTLY_MASKED = 1 << 34
     NONFINITE = 1 << 35
     READ_ERROR = 1 << 36
+    UNFAMILIAR = 1 << 37
 
 
 CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
@@ -103,11 +104,14 @@ CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
     CatalogueFlag.MOSTLY_MASKED: "More than half of the 8 x 4096 input pixels are masked.",
     CatalogueFlag.NONFINITE: "The model returned a non-finite mean or sigma (values kept as NaN).",
     CatalogueFlag.READ_ERROR: "The file could not be read or preprocessed (status 'error').",
+    CatalogueFlag.UNFAMILIAR: "Some sigma exceeds the largest the model gave on its validation spectra (S/N 10-200): "
+                              "the spectrum is unlike anything it was trained on (e.g. an M dwarf below the grid).",
 }
 
 
 def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray,
-                    bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                    sigma_limit: np.ndarray | None = None) -> np.ndarray:
     """Catalogue flags for a batch (low S/N, missing orders, RV measured are preprocessing flags).
 
     Args:
@@ -116,6 +120,7 @@ def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray,
         mask: (B, 8, 4096) bool, True = usable pixel.
         bounds: (lo (4,), hi (4,)) label range the model was trained on
             (``ModelBundle.label_bounds``); None = the Table-1 axes.
+        sigma_limit: (4,) largest sigma seen on validation spectra (``ModelBundle.sigma_limits``).
 
     Returns:
         (B,) int64 of :class:`CatalogueFlag` bits.
@@ -132,6 +137,9 @@ def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray,
     out |= np.where(near, int(CatalogueFlag.EXTRAPOLATED), 0)
     out |= np.where(mask.reshape(len(mask), -1).mean(axis=1) < 0.5, int(CatalogueFlag.MOSTLY_MASKED), 0)
     out |= np.where(~finite, int(CatalogueFlag.NONFINITE), 0)
+    if sigma_limit is not None:
+        with np.errstate(invalid="ignore"):
+            out |= np.where((sigma > np.asarray(sigma_limit)).any(axis=1), int(CatalogueFlag.UNFAMILIAR), 0)
     return out
 
 

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         )
         report = evaluate_bundle(bundle, args.grid, cfg)
         if cfg.fit_calibration:
-            bundle.set_calibration(report.calibration.tolist())
+            bundle.apply_calibration(report)
         if cfg.teff_range:
             title += f", Teff {cfg.teff_range[0]:g}-{cfg.teff_range[1]:g} K"
         print(f"## {title}\n\n{report.markdown()}")
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = report.flat_metrics()
         print(f"\n{len(files)} files in {out}")
     if args.dae_checkpoint or args.save_bundle:
+        bundle.manifest.metrics = {**bundle.manifest.metrics, **metrics}  # the latest scores beside the training record
         saved = bundle.save(args.save_bundle or out / "bundle")
         ref = resolve_model(str(saved))
         print(f"bundle as evaluated (DAE, calibration) saved in {saved}")

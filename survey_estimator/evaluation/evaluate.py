@@ -78,6 +78,8 @@ class EvaluationReport:
     calibration_source: str
     raw: dict[str, Scores] = field(default_factory=dict)
     calibrated: dict[str, Scores] = field(default_factory=dict)
+    sigma_limit: np.ndarray | None = None
+    """(4,) largest calibrated sigma on the calibration (validation) set, when it was fitted."""
     attention: dict | None = None
     """{"wave": (8, 4096), "flux": (8, 4096), "maps": (3, 8, 4096), "labels": (4,)} for attention nets."""
 
@@ -98,6 +100,8 @@ class EvaluationReport:
             c = s.flat(f"{_slug(key)}/")
             out.update({f"{k}_cal": v for k, v in c.items() if "within" in k or "sigma" in k})
         out.update({f"calibration/{n}": float(v) for n, v in zip(LABEL_NAMES, self.calibration)})
+        if self.sigma_limit is not None:
+            out.update({f"sigma_limit/{n}": float(v) for n, v in zip(LABEL_NAMES, self.sigma_limit)})
         return out
 
     def write(self, out_dir: str | os.PathLike) -> list[Path]:
@@ -209,6 +213,8 @@ def evaluate_bundle(bundle, grid, cfg: EvalConfig, device: str | torch.device | 
         scales = np.asarray(bundle.sigma_scale, dtype=np.float64)
         source = "stored in the bundle"
     report = EvaluationReport(sets=sets, calibration=scales, calibration_source=source)
+    if cfg.fit_calibration:
+        report.sigma_limit = (val.sigma_raw * scales).max(axis=0)
     for key, ps in sets.items():
         report.raw[key] = score(ps.true, ps.mean, ps.sigma_raw)
         report.calibrated[key] = score(ps.true, ps.mean, ps.sigma_raw * scales)

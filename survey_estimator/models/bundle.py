@@ -74,6 +74,9 @@ class Manifest:
     label_range: dict[str, list[float]] | None = None
     """{label: [lo, hi]} physical range the estimator was trained on (grid span; v sin i range);
     None = the full Table-1 axes (:data:`survey_estimator.labels.LABEL_AXES`)."""
+    sigma_limit: dict[str, float] | None = None
+    """{label: largest calibrated 1-sigma the estimator gave on its validation spectra (S/N 10-200)};
+    a larger sigma marks an input unlike its training set (catalogue flag ``UNFAMILIAR``)."""
     weights: dict[str, str] = field(default_factory=dict)
     """File name -> sha256 hex digest, filled by :meth:`ModelBundle.save`."""
     package_version: str = __version__
@@ -241,6 +244,19 @@ class ModelBundle:
             dae.to(self.device).eval()
         manifest = dataclasses.replace(self.manifest, dae=entry, weights={}, metrics=dict(self.manifest.metrics))
         return type(self)(self.estimator, manifest, dae)
+
+    def apply_calibration(self, report) -> None:
+        """Store an evaluation's fitted calibration factors and sigma limit (an
+        :class:`~survey_estimator.evaluation.evaluate.EvaluationReport` with ``sigma_limit``)."""
+        self.set_calibration(report.calibration.tolist())
+        if report.sigma_limit is not None:
+            self.manifest.sigma_limit = {n: float(v) for n, v in zip(LABEL_NAMES, report.sigma_limit)}
+
+    @property
+    def sigma_limits(self) -> np.ndarray | None:
+        """(4,) :attr:`Manifest.sigma_limit` in ``LABEL_NAMES`` order, or None."""
+        lim = self.manifest.sigma_limit
+        return None if not lim else np.array([float(lim[n]) for n in LABEL_NAMES])
 
     # -- calibration and device -------------------------------------------------------------
     @property

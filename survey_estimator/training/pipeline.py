@@ -142,7 +142,7 @@ def _finish_estimator(cfg: TrainConfig, summary: TrainSummary, grid_id: str, uri
         ecfg = EvalConfig(snrs=cfg.eval_snr, n=cfg.eval_n, use_dae=bundle.dae is not None, seed=cfg.seed + 99991, batch_size=min(64, cfg.eval_n),
                           fit_calibration=True, calibration_snr=(cfg.snr_min, cfg.snr_max), split_seed=cfg.split_seed)
         report = evaluate_bundle(bundle, cfg.grid, ecfg, device=device)
-        bundle.set_calibration(report.calibration.tolist())
+        bundle.apply_calibration(report)
         bundle.manifest.metrics = {**report.flat_metrics(), "training": training_record(cfg, summary)}
         files = report.write(work / "evaluation")
         summary.report_markdown = report.markdown()
