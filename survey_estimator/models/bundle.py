@@ -156,6 +156,16 @@ def _load_weights(model: nn.Module, path: Path, sha256: str | None) -> None:
         raise BundleError(f"cannot load {path.name}: {e}") from e
 
 
+def _dae_entry(dae: nn.Module | None) -> dict[str, Any] | None:
+    """The manifest's ``dae`` entry for a denoiser (None for no DAE); refuses an estimator."""
+    if dae is None:
+        return None
+    arch, config = describe(dae)
+    if architecture(arch).estimator:
+        raise ModelConfigError(f"{arch} is not a denoiser")
+    return {"architecture": arch, "config": config}
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -193,12 +203,6 @@ class ModelBundle:
         arch, config = describe(estimator)
         if not architecture(arch).estimator:
             raise ModelConfigError(f"{arch} is not an estimator")
-        dae_entry = None
-        if dae is not None:
-            dae_arch, dae_config = describe(dae)
-            if architecture(dae_arch).estimator:
-                raise ModelConfigError(f"{dae_arch} is not a denoiser")
-            dae_entry = {"architecture": dae_arch, "config": dae_config}
         manifest = Manifest(
             name=name,
             architecture=arch,
@@ -213,7 +217,7 @@ class ModelBundle:
             calibration={n: 1.0 for n in LABEL_NAMES},
             git_commit=commit or git_commit(),
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            dae=dae_entry,
+            dae=_dae_entry(dae),
             metrics=dict(metrics or {}),
             label_range={k: [float(v) for v in label_range[k]] for k in LABEL_NAMES} if label_range else None,
         )
@@ -235,12 +239,8 @@ class ModelBundle:
 
         The new bundle shares the estimator module; its manifest is a copy with the DAE entry
         replaced (weights checksums are rewritten by :meth:`save`)."""
-        entry = None
+        entry = _dae_entry(dae)
         if dae is not None:
-            dae_arch, dae_config = describe(dae)
-            if architecture(dae_arch).estimator:
-                raise ModelConfigError(f"{dae_arch} is not a denoiser")
-            entry = {"architecture": dae_arch, "config": dae_config}
             dae.to(self.device).eval()
         manifest = dataclasses.replace(self.manifest, dae=entry, weights={}, metrics=dict(self.manifest.metrics))
         return type(self)(self.estimator, manifest, dae)
