@@ -55,6 +55,10 @@ GRID_AXES: tuple[Axis, Axis, Axis] = (TEFF, LOGG, MH)
 LABEL_AXES: tuple[Axis, Axis, Axis, Axis] = (TEFF, LOGG, MH, VSINI)
 """All four label axes (Table 1); v sin i is applied by rotational broadening, not synthesised."""
 
+LABEL_LO = np.array([a.start for a in LABEL_AXES], dtype=np.float64)
+LABEL_HI = np.array([a.stop for a in LABEL_AXES], dtype=np.float64)
+"""(4,) lower and upper ends of the Table-1 axes (K, dex, dex, km/s)."""
+
 # Loss scaling: z = (x - centre) / half_range maps each Table-1 axis onto [-1, 1].
 LABEL_CENTRE = np.array([(a.start + a.stop) / 2 for a in LABEL_AXES], dtype=np.float64)
 LABEL_SCALE = np.array([(a.stop - a.start) / 2 for a in LABEL_AXES], dtype=np.float64)

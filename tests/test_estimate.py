@@ -189,6 +189,8 @@ def test_real_star_check_beside_literature_with_the_models_range(tmp_path, capsy
     assert (tmp_path / "ev" / "real_stars.md").read_text().count("OUTSIDE_GRID") == 3
 
 
-def test_evaluate_needs_a_grid_or_real_stars(bundle, capsys):
+def test_evaluate_needs_a_grid_or_real_stars_and_a_real_dae_checkpoint(bundle, tmp_path, capsys):
     assert run_command("evaluate", ["--model", str(bundle)]) == 2
     assert "--real-stars" in capsys.readouterr().err
+    assert run_command("evaluate", ["--model", str(bundle), "--real-stars", str(DATA), "--dae-checkpoint", str(tmp_path)]) == 2
+    assert "is not a training checkpoint folder" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..labels import LABEL_AXES, LABEL_NAMES, LABEL_UNITS
+from ..labels import LABEL_AXES, LABEL_HI, LABEL_LO, LABEL_NAMES, LABEL_UNITS
 
 SCHEMA_VERSION = "catalogue/1"
 PARTITION_COLUMN = "night"
@@ -126,7 +126,7 @@ def catalogue_flags(mean: np.ndarray, sigma: np.ndarray, mask: np.ndarray,
         (B,) int64 of :class:`CatalogueFlag` bits.
     """
     if bounds is None:
-        bounds = (np.array([a.start for a in LABEL_AXES]), np.array([a.stop for a in LABEL_AXES]))
+        bounds = (LABEL_LO, LABEL_HI)
     lo, hi = (np.asarray(b, dtype=np.float64) for b in bounds)
     out = np.zeros(len(mean), dtype=np.int64)
     finite = np.isfinite(mean).all(axis=1) & np.isfinite(sigma).all(axis=1)

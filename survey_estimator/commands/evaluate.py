@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the model on the real stars' files in DIR (e.g. ../shared/data/real)")
     p.add_argument("--dae-checkpoint", metavar="DIR", default=None,
                    help="put the DAE of this training checkpoint (a --task dae run) in front of the estimator")
-    p.add_argument("--save-bundle", metavar="DIR", default=None, help="write the bundle as evaluated (--dae-checkpoint, --refit-calibration) to DIR")
+    p.add_argument("--save-bundle", metavar="DIR", default=None, help="write the bundle as evaluated (--dae-checkpoint, --refit-calibration) to DIR "
+                        "(default OUT/bundle whenever either changed it)")
     p.add_argument("--snr", type=float, nargs="+", default=[20.0, 100.0], help="S/N of the test sets")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which grid nodes")
     p.add_argument("--n", type=int, default=2000, help="spectra per S/N")
@@ -74,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dae_checkpoint:
         from ..training.pipeline import dae_from_checkpoint
 
-        bundle = bundle.with_dae(dae_from_checkpoint(args.dae_checkpoint))
+        try:
+            bundle = bundle.with_dae(dae_from_checkpoint(args.dae_checkpoint))
+        except (FileNotFoundError, KeyError) as exc:
+            print(f"error: --dae-checkpoint: {exc}", file=sys.stderr)
+            return 2
     name = args.model or ref.spec
     title = f"{name} ({bundle.manifest.architecture}, {bundle.manifest.head}"
     title += ", with DAE)" if (args.use_dae and bundle.dae is not None) else ", no DAE)"
@@ -97,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
         files = report.write(out)
         metrics = report.flat_metrics()
         print(f"\n{len(files)} files in {out}")
-    if args.dae_checkpoint or args.save_bundle:
+    if args.dae_checkpoint or args.save_bundle or (args.grid and args.refit_calibration):
+        # real stars and --save-bundle see the bundle exactly as evaluated (DAE, refitted calibration)
         bundle.manifest.metrics = {**bundle.manifest.metrics, **metrics}  # the latest scores beside the training record
         saved = bundle.save(args.save_bundle or out / "bundle")
         ref = resolve_model(str(saved))
-        print(f"bundle as evaluated (DAE, calibration) saved in {saved}")
+        print(f"bundle as evaluated (DAE, calibration) in {saved}")
     if args.real_stars:
         import json
 

@@ -3,7 +3,8 @@ literature values (a check of the synthetic gap, never training or tuning data).
 
 The stars are the real instrument files of ``../shared/data/real`` (and their cut-down copies in
 ``tests/data``): HD 41248 (G2V, inside the grid), and the M dwarfs Gl 273 and Gl 581, which sit
-at or below the 3500 K grid edge and must come out flagged (``OUTSIDE_GRID`` / ``EXTRAPOLATED``).
+at or below the 3500 K grid edge and must come out flagged (``OUTSIDE_GRID``, ``EXTRAPOLATED`` or
+``UNFAMILIAR``, whichever the model's estimate and sigma trigger).
 Each file goes through the catalogue's own read, preprocess and model code
 (:func:`survey_estimator.commands.estimate.estimate_tables`).
 """

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..labels import LABEL_AXES, LABEL_NAMES, LabelScaler
+from ..labels import LABEL_HI, LABEL_LO, LABEL_NAMES, LabelScaler
 from ..layout import LAYOUT_VERSION
 from ..normalise import NORMALISATION_VERSION
 from .heads import to_physical
@@ -73,7 +73,7 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     label_range: dict[str, list[float]] | None = None
     """{label: [lo, hi]} physical range the estimator was trained on (grid span; v sin i range);
-    None = the full Table-1 axes (:data:`survey_estimator.labels.LABEL_AXES`)."""
+    None = the full Table-1 axes (:data:`survey_estimator.labels.LABEL_LO` / ``LABEL_HI``)."""
     sigma_limit: dict[str, float] | None = None
     """{label: largest calibrated 1-sigma the estimator gave on its validation spectra (S/N 10-200)};
     a larger sigma marks an input unlike its training set (catalogue flag ``UNFAMILIAR``)."""
@@ -232,7 +232,7 @@ class ModelBundle:
         if self.manifest.label_range:
             r = self.manifest.label_range
             return np.array([r[n][0] for n in LABEL_NAMES], float), np.array([r[n][1] for n in LABEL_NAMES], float)
-        return np.array([a.start for a in LABEL_AXES], float), np.array([a.stop for a in LABEL_AXES], float)
+        return LABEL_LO.copy(), LABEL_HI.copy()
 
     def with_dae(self, dae: nn.Module | None) -> "ModelBundle":
         """This bundle's estimator, scaling, calibration and range with ``dae`` in front (None: no DAE).

@@ -83,9 +83,12 @@ def bundle_from_checkpoint(cfg: TrainConfig, checkpoint_dir: Path, grid_id: str)
 
 def dae_from_checkpoint(checkpoint_dir: str | Path):
     """The DAE of a training checkpoint (a ``--task dae`` or ``both`` run), rebuilt from the run's
-    config and in eval mode. Raises KeyError when the checkpoint has no DAE."""
-    from .checkpoint import read_state
+    config and in eval mode. Raises FileNotFoundError for a folder that is not a checkpoint and
+    KeyError when the checkpoint has no DAE."""
+    from .checkpoint import META_FILE, read_state
 
+    if not (Path(checkpoint_dir) / META_FILE).is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} is not a training checkpoint folder (no {META_FILE})")
     cfg = TrainConfig.from_dict(read_state(checkpoint_dir).config)
     if not cfg.trains_dae:
         raise KeyError(f"checkpoint {checkpoint_dir} is of a {cfg.task!r} run: it has no DAE")
