@@ -116,13 +116,26 @@ def rotational_broadening(
     if vmax <= 0:
         return flux
     K = half_width_pixels(vmax, velocity_step)
-    B, L = flux.shape
     kernel = gray_kernel(vsini.to(torch.float64), velocity_step, K, epsilon).to(flux.dtype)  # (B, 2K+1)
+    return torch.where((vsini > 0)[:, None], convolve_same(flux, kernel), flux)
+
+
+def convolve_same(flux: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Convolve each spectrum with its own centred kernel by FFT ('same' size, edge-replicated ends).
+
+    Args:
+        flux: (B, L) float tensor.
+        kernel: (B, 2K+1) or (2K+1,) weights centred on tap K.
+    Returns:
+        (B, L) convolved flux, dtype of ``flux``.
+    """
+    B, L = flux.shape
+    kernel = kernel.to(flux.dtype).expand(B, -1) if kernel.dim() == 1 else kernel.to(flux.dtype)
+    K = (kernel.shape[1] - 1) // 2
     padded = torch.nn.functional.pad(flux[:, None, :], (K, K), mode="replicate")[:, 0, :]  # (B, L+2K)
     n = _fast_size(L + 2 * K)
     # Kernel centred at index 0 (circularly), so the circular convolution is the 'same' one.
     kfull = torch.zeros(B, n, dtype=flux.dtype, device=flux.device)
     kfull[:, : K + 1] = kernel[:, K:]
     kfull[:, n - K :] = kernel[:, :K]
-    out = torch.fft.irfft(torch.fft.rfft(padded, n=n) * torch.fft.rfft(kfull, n=n), n=n)[:, K : K + L]
-    return torch.where((vsini > 0)[:, None], out, flux)
+    return torch.fft.irfft(torch.fft.rfft(padded, n=n) * torch.fft.rfft(kfull, n=n), n=n)[:, K : K + L]

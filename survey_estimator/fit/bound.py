@@ -1,0 +1,39 @@
+"""The Cramer-Rao bound of the forward model: the best 1-sigma any unbiased estimator can reach.
+
+The Fisher matrix is the fit's own normal matrix (:func:`.likelihood.normal_equations`) at the
+true parameters, with photon noise of a given S/N, so the bound marginalises exactly the nuisances
+the fit has (RV residual, per-order continuum polynomial).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..forward import ForwardModel
+from . import continuum, likelihood
+
+
+def noise_variance(spec: torch.Tensor, snr) -> torch.Tensor:
+    """Photon-noise variance (B, O, P) of a normalised spectrum whose continuum S/N per pixel is
+    ``snr`` (B,) or scalar: var = spec / snr^2 (counts scale with the flux)."""
+    snr = torch.as_tensor(snr, dtype=spec.dtype, device=spec.device).reshape(-1, 1, 1)
+    return spec.clamp_min(1e-6) / snr**2
+
+
+def cramer_rao(model: ForwardModel, labels, snr, rv=0.0, mask=None, resolution: float | None = None,
+               degree: int = continuum.DEGREE) -> np.ndarray:
+    """(B, 5) Cramer-Rao 1-sigma of (Teff K, log g, [M/H], v sin i km/s, RV km/s).
+
+    Args:
+        labels: (B, 4) true labels; snr: (B,) or scalar continuum S/N per pixel.
+        mask: (B, O, P) usable pixels (default all).
+    """
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1, 4)
+    spec, jac = model.spectra_and_jacobian(labels, rv, resolution)
+    spec, jac = spec.to(torch.float64), jac.to(torch.float64)
+    mask = torch.ones_like(spec, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
+    w = likelihood.weights(mask, noise_variance(spec, snr), spec, 0.0)
+    basis = continuum.design(spec.shape[-1], degree, dtype=torch.float64)
+    A, _ = likelihood.normal_equations(spec, w, spec, jac, torch.ones_like(spec), basis)
+    cov = likelihood.covariance(A)
+    return torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2)).numpy()

@@ -1,0 +1,304 @@
+"""Maximum-likelihood fit of the forward model, batched in torch, started from the network.
+
+For each spectrum (:func:`fit_spectra`):
+
+1. starts: the network's estimate, plus starts at +-1 sigma in Teff and log g where the network's
+   sigma is wider than half a grid step (``wide_sigma_steps``); all starts are fitted in one batch
+   and the one with the lowest chi^2 is kept;
+2. Levenberg-Marquardt over the five non-linear parameters (Teff, log g, [M/H], v sin i, RV) and
+   the per-order continuum, with the continuum re-solved linearly at every trial point; labels
+   stay inside the model's bounds (projected steps);
+3. model error: when chi^2 with the noise alone is far above its expectation (the model cannot
+   describe the star to the noise level, as for every real star at high S/N), the relative
+   model-error eps that brings the reduced chi^2 to 1 is solved for and the fit is repeated with
+   ``var + (eps m)^2``; a spectrum the forward model describes keeps eps = 0;
+4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised).
+
+Flags (:class:`FitFlag`): FIT_FAILED (non-finite or singular), POOR_FIT (eps above
+``poor_fit_model_error``: the star is not like the grid), AT_GRID_EDGE (a grid label ends on the
+model's bounds), OUTSIDE_GRID (the optimum needs a node without a spectrum).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+import numpy as np
+import torch
+
+from ..forward import ForwardModel
+from . import continuum, likelihood
+from .likelihood import N_THETA, THETA_SCALE
+
+log = logging.getLogger(__name__)
+
+FIT_VERSION = "mlfit-v1"
+
+
+class FitFlag(IntFlag):
+    """Fit outcome bits (stable values; the catalogue stores them in its own flag word)."""
+
+    FIT_FAILED = 1 << 0
+    POOR_FIT = 1 << 1
+    AT_GRID_EDGE = 1 << 2
+    OUTSIDE_GRID = 1 << 3
+
+    def names(self) -> list[str]:
+        return [f.name for f in FitFlag if f in self]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of the fit.
+
+    Attributes:
+        max_iterations: Levenberg-Marquardt iterations per pass.
+        tolerance: converged when chi^2 improves by less than this fraction and the step is below
+            ``step_tolerance`` grid steps.
+        model_error: "auto" (solved per spectrum, step 3 of the module docstring) or a fixed
+            relative model error (0 = noise only).
+        poor_fit_model_error: POOR_FIT when the solved model error exceeds this (relative flux).
+        wide_sigma_steps: extra starts where the network's sigma exceeds this many grid steps.
+        rv_limit: |RV residual| bound in km/s.
+        chunk: spectra per batch (memory: ~10 MB per spectrum).
+    """
+
+    max_iterations: int = 25
+    tolerance: float = 1e-6
+    step_tolerance: float = 1e-3
+    model_error: str | float = "auto"
+    poor_fit_model_error: float = 0.08
+    wide_sigma_steps: float = 0.5
+    rv_limit: float = 15.0
+    chunk: int = 32
+    degree: int = continuum.DEGREE
+
+
+@dataclass
+class FitResult:
+    """Fitted parameters of B spectra (numpy).
+
+    Attributes:
+        labels: (B, 4) Teff K, log g, [M/H] dex, v sin i km/s.
+        cov: (B, 4, 4) covariance of the labels (inverse Fisher, continuum and RV marginalised).
+        rv: (B,) km/s RV residual; rv_sigma (B,).
+        chi2_red: (B,) reduced chi^2 with the noise alone (1 for a spectrum the model describes).
+        model_error: (B,) relative model error used in the likelihood (0 when none was needed).
+        converged: (B,) bool; iterations: (B,) LM iterations used (all passes).
+        flags: (B,) :class:`FitFlag` bits; dof: (B,) degrees of freedom.
+    """
+
+    labels: np.ndarray
+    cov: np.ndarray
+    rv: np.ndarray
+    rv_sigma: np.ndarray
+    chi2_red: np.ndarray
+    model_error: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+    flags: np.ndarray
+    dof: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """(B, 4) 1-sigma of the labels."""
+        return np.sqrt(np.clip(np.diagonal(self.cov, axis1=1, axis2=2), 0, None))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class _State:
+    theta: torch.Tensor  # (B, 5)
+    spec: torch.Tensor  # (B, O, P)
+    jac: torch.Tensor  # (B, 5, O, P)
+    coef: torch.Tensor  # (B, O, D)
+    chi2: torch.Tensor  # (B,)
+
+
+class Fitter:
+    """Fits observations with one forward model (reuse it: the model's table is loaded once)."""
+
+    def __init__(self, model: ForwardModel, config: FitConfig | None = None):
+        self.model = model
+        self.config = config or FitConfig()
+        O, P = model.shape
+        self.basis = continuum.design(P, self.config.degree, dtype=torch.float64, device=model.device)
+        self.scale = torch.as_tensor(THETA_SCALE, dtype=torch.float64, device=model.device)
+        self.lo = torch.as_tensor([*model.lo, -self.config.rv_limit], dtype=torch.float64, device=model.device)
+        self.hi = torch.as_tensor([*model.hi, self.config.rv_limit], dtype=torch.float64, device=model.device)
+
+    # -- one pass of Levenberg-Marquardt ---------------------------------------------------------
+    def _evaluate(self, theta, y, w, resolution) -> _State:
+        spec, jac = self.model.spectra_and_jacobian(theta[:, :4], theta[:, 4], resolution)
+        spec, jac = spec.to(torch.float64), jac.to(torch.float64)
+        coef = continuum.solve(y, spec, w, self.basis)
+        chi2 = likelihood.chi2(y, spec * continuum.evaluate(coef, self.basis), w)
+        return _State(theta, spec, jac, coef, chi2)
+
+    def _lm(self, theta, y, w, resolution):
+        """Minimise chi^2 from ``theta`` (B, 5) with fixed weights; returns (state, iterations, converged)."""
+        cfg = self.config
+        B = theta.shape[0]
+        st = self._evaluate(theta, y, w, resolution)
+        lam = torch.full((B,), 1e-3, dtype=torch.float64, device=theta.device)
+        iters = torch.zeros(B, dtype=torch.long, device=theta.device)
+        done = torch.zeros(B, dtype=torch.bool, device=theta.device)
+        O, D = st.coef.shape[1], st.coef.shape[2]
+        for _ in range(cfg.max_iterations):
+            act = torch.nonzero(~done)[:, 0]
+            if act.numel() == 0:
+                break
+            cont = continuum.evaluate(st.coef[act], self.basis)
+            A, g = likelihood.normal_equations(y[act], w[act], st.spec[act], st.jac[act], cont, self.basis)
+            diag = torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
+            step, info = torch.linalg.solve_ex(A + torch.diag_embed(lam[act, None] * diag), g)
+            step = torch.nan_to_num(step)
+            new_theta = torch.minimum(torch.maximum(st.theta[act] + step[:, :N_THETA] * self.scale, self.lo), self.hi)
+            trial = self._evaluate(new_theta, y[act], w[act], resolution)
+            better = torch.isfinite(trial.chi2) & (trial.chi2 <= st.chi2[act])
+            moved = ((new_theta - st.theta[act]) / self.scale).abs().amax(dim=1)
+            gain = (st.chi2[act] - trial.chi2) / st.chi2[act].clamp_min(1e-300)
+            iters[act] += 1
+            sel = act[better]
+            for name in ("theta", "spec", "jac", "coef", "chi2"):
+                getattr(st, name)[sel] = getattr(trial, name)[better]
+            lam[act] = torch.where(better, lam[act] / 3, lam[act] * 5).clamp(1e-9, 1e9)
+            small = (moved < cfg.step_tolerance) | (better & (gain < cfg.tolerance) & (moved < 10 * cfg.step_tolerance))
+            done[act] = small | (lam[act] >= 1e9)
+        return st, iters, done
+
+    # -- public -----------------------------------------------------------------------------------
+    def fit(self, y, var, mask, start, resolution: float | None = None) -> FitResult:
+        """Fit B spectra.
+
+        Args:
+            y, var: (B, O, P) normalised flux and its variance; mask (B, O, P) bool.
+            start: (B, 4) first-guess labels (e.g. the network's mean).
+            resolution: the observations' resolving power (None: the grid's).
+        """
+        parts = [self._fit_chunk(*(torch.as_tensor(np.asarray(a))[i : i + self.config.chunk] for a in (y, var, mask, start)),
+                                 resolution) for i in range(0, len(start), self.config.chunk)]
+        return FitResult(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in FitResult.__dataclass_fields__ if k != "meta"},
+                         meta={"version": FIT_VERSION, "forward": self.model.describe()})
+
+    def _fit_chunk(self, y, var, mask, start, resolution) -> FitResult:
+        cfg = self.config
+        dev = self.model.device
+        y = torch.nan_to_num(y.to(dev, torch.float64), nan=1.0)
+        var = var.to(dev, torch.float64)
+        mask = mask.to(dev).bool() & torch.isfinite(var) & (var > 0)
+        B = y.shape[0]
+        theta = torch.zeros(B, N_THETA, dtype=torch.float64, device=dev)
+        theta[:, :4] = torch.as_tensor(start, dtype=torch.float64, device=dev)
+        theta = torch.minimum(torch.maximum(torch.nan_to_num(theta), self.lo), self.hi)
+        eps0 = 0.0 if cfg.model_error == "auto" else float(cfg.model_error)
+        w = likelihood.weights(mask, var, torch.ones_like(y), eps0)
+        st, iters, conv = self._lm(theta, y, w, resolution)
+        n_used = mask.sum(dim=(1, 2))
+        orders_used = (mask.sum(dim=2) > 0).sum(dim=1)
+        dof = (n_used - N_THETA - orders_used * self.basis.shape[0]).clamp_min(1).to(torch.float64)
+        model = st.spec * continuum.evaluate(st.coef, self.basis)
+        w_noise = likelihood.weights(mask, var, model, 0.0)
+        chi2_red = likelihood.chi2(y, model, w_noise) / dof
+        eps = torch.full((B,), eps0, dtype=torch.float64, device=dev)
+        if cfg.model_error == "auto":
+            need = chi2_red > 1 + 4 * torch.sqrt(2 / dof)
+            if need.any():
+                idx = torch.nonzero(need)[:, 0]
+                eps[idx] = _solve_model_error(y[idx], var[idx], mask[idx], model[idx], dof[idx])
+                w2 = likelihood.weights(mask[idx], var[idx], model[idx], eps[idx])
+                st2, it2, conv2 = self._lm(st.theta[idx], y[idx], w2, resolution)
+                for name in ("theta", "spec", "jac", "coef", "chi2"):
+                    getattr(st, name)[idx] = getattr(st2, name)
+                iters[idx] += it2
+                conv[idx] = conv2
+                model[idx] = st.spec[idx] * continuum.evaluate(st.coef[idx], self.basis)
+                chi2_red[idx] = likelihood.chi2(y[idx], model[idx], w_noise[idx]) / dof[idx]
+        w_final = likelihood.weights(mask, var, model, eps)
+        A, _ = likelihood.normal_equations(y, w_final, st.spec, st.jac, continuum.evaluate(st.coef, self.basis), self.basis)
+        cov5 = likelihood.covariance(A)
+        flags = self._flags(st.theta, cov5, eps)
+        return FitResult(
+            labels=st.theta[:, :4].cpu().numpy(),
+            cov=cov5[:, :4, :4].cpu().numpy(),
+            rv=st.theta[:, 4].cpu().numpy(),
+            rv_sigma=torch.sqrt(cov5[:, 4, 4]).cpu().numpy(),
+            chi2_red=chi2_red.cpu().numpy(),
+            model_error=eps.cpu().numpy(),
+            converged=conv.cpu().numpy(),
+            iterations=iters.cpu().numpy(),
+            flags=flags,
+            dof=dof.cpu().numpy(),
+        )
+
+    def _flags(self, theta, cov5, eps) -> np.ndarray:
+        t = theta.cpu().numpy()
+        flags = np.zeros(len(t), dtype=np.int64)
+        bad = ~np.isfinite(t).all(axis=1) | ~np.isfinite(cov5.cpu().numpy()).all(axis=(1, 2))
+        flags[bad] |= int(FitFlag.FIT_FAILED)
+        steps = np.asarray(THETA_SCALE[:3])
+        lo, hi = self.model.lo[:3], self.model.hi[:3]
+        edge = ((np.abs(t[:, :3] - lo) < 1e-3 * steps) | (np.abs(t[:, :3] - hi) < 1e-3 * steps)).any(axis=1)
+        edge |= t[:, 3] >= self.model.hi[3] - 1e-3
+        flags[edge] |= int(FitFlag.AT_GRID_EDGE)
+        inside = self.model.inside(torch.as_tensor(np.nan_to_num(t[:, :4]))).cpu().numpy()
+        flags[~inside] |= int(FitFlag.OUTSIDE_GRID)
+        flags[eps.cpu().numpy() > self.config.poor_fit_model_error] |= int(FitFlag.POOR_FIT)
+        return flags
+
+
+def _solve_model_error(y, var, mask, model, dof, iterations: int = 40) -> torch.Tensor:
+    """(B,) relative model error eps with sum r^2 / (var + eps^2 m^2) = dof (bisection in log eps)."""
+    r2 = torch.where(mask, torch.nan_to_num(y - model) ** 2, torch.zeros_like(y))
+    m2 = torch.where(mask, model**2, torch.zeros_like(y))
+    lo = torch.full(dof.shape, -10.0, dtype=y.dtype, device=y.device)  # log eps
+    hi = torch.full(dof.shape, 0.0, dtype=y.dtype, device=y.device)
+    v = torch.where(mask, var, torch.ones_like(var))
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        e2 = torch.exp(2 * mid)[:, None, None]
+        c = (r2 / (v + e2 * m2)).sum(dim=(1, 2))
+        too_big = c > dof  # chi^2 still above dof: eps must grow
+        lo = torch.where(too_big, mid, lo)
+        hi = torch.where(too_big, hi, mid)
+    return torch.exp(0.5 * (lo + hi))
+
+
+def starts_from_network(mean: np.ndarray, sigma: np.ndarray | None, wide_sigma_steps: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """First guesses for :meth:`Fitter.fit`: (starts (S, 4), owner (S,) index of the spectrum).
+
+    Every spectrum starts at the network's mean; where the network's sigma in Teff or log g is
+    wider than ``wide_sigma_steps`` grid steps, four more start at +-1 sigma in each."""
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1, 4)
+    starts, owner = [mean], [np.arange(len(mean))]
+    if sigma is not None:
+        sigma = np.nan_to_num(np.asarray(sigma, dtype=np.float64).reshape(-1, 4))
+        wide = (sigma[:, 0] > wide_sigma_steps * THETA_SCALE[0]) | (sigma[:, 1] > wide_sigma_steps * THETA_SCALE[1])
+        for a in (0, 1):
+            for sign in (-1.0, 1.0):
+                s = mean[wide].copy()
+                s[:, a] += sign * sigma[wide, a]
+                starts.append(s)
+                owner.append(np.flatnonzero(wide))
+    return np.concatenate(starts), np.concatenate(owner)
+
+
+def fit_spectra(fitter: Fitter, y, var, mask, nn_mean, nn_sigma=None, resolution: float | None = None) -> FitResult:
+    """Fit B spectra from the network's estimate, with extra starts where it is unsure; the start
+    with the lowest noise-only reduced chi^2 wins for each spectrum (see the module docstring)."""
+    starts, owner = starts_from_network(nn_mean, nn_sigma, fitter.config.wide_sigma_steps)
+    y, var, mask = (np.asarray(a) for a in (y, var, mask))
+    res = fitter.fit(y[owner], var[owner], mask[owner], starts, resolution)
+    score = np.where(np.isfinite(res.chi2_red), res.chi2_red, np.inf)  # noise-only chi^2: the better fit
+    best = np.full(len(np.asarray(nn_mean).reshape(-1, 4)), -1)
+    for i in range(len(owner)):
+        j = best[owner[i]]
+        if j < 0 or score[i] < score[j]:
+            best[owner[i]] = i
+    out = FitResult(**{k: getattr(res, k)[best] for k in FitResult.__dataclass_fields__ if k != "meta"}, meta=res.meta)
+    out.meta["starts"] = int(len(owner))
+    return out
