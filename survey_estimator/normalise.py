@@ -65,22 +65,28 @@ def continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int = DEGREE, 
     return (fit * scale).to(flux.dtype)
 
 
-def normalise_orders(flux: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalise_orders(flux: torch.Tensor, mask: torch.Tensor, variance: torch.Tensor | None = None):
     """Divide each order by its continuum fit.
 
     Args:
         flux: (B, O, P) float tensor (counts or any positive scale; NaN allowed where masked).
         mask: (B, O, P) bool tensor, True = usable.
+        variance: optional (B, O, P) variance of ``flux`` (same units squared).
     Returns:
         (normalised flux (B, O, P) with 1.0 where masked, mask (B, O, P) with non-finite results
-        removed).
+        removed), and with ``variance`` given a third item: the variance of the normalised flux
+        (B, O, P), ``variance / continuum^2``, +inf where masked.
     """
     mask = mask & torch.isfinite(flux)
     cont = continuum_fit(torch.nan_to_num(flux), mask)
     out = torch.nan_to_num(flux) / cont
     mask = mask & torch.isfinite(out)
     out = torch.where(mask, out, torch.ones_like(out))
-    return out, mask
+    if variance is None:
+        return out, mask
+    var = variance / cont**2
+    mask = mask & torch.isfinite(var) & (var > 0)
+    return torch.where(mask, out, torch.ones_like(out)), mask, torch.where(mask, var, torch.full_like(var, float("inf")))
 
 
 def model_input(norm_flux: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,8 @@ class ModelInput:
         wave: (8, 4096) float64 air rest-frame wavelengths, A (= ``canonical_wave()``).
         flux: (8, 4096) float32 normalised flux (1.0 where masked).
         mask: (8, 4096) bool, True = usable.
+        variance: (8, 4096) float32 variance of ``flux`` (inf where masked): the likelihood fit's noise.
+        resolution: resolving power of ``flux`` (the instrument's, or 115,000 after degradation).
         x: (2, 8, 4096) float32 network input from ``normalise.model_input``.
         flags: :class:`Flag` bits.
         rv_kms: stellar RV removed (km/s), None when none was applied.
@@ -141,6 +143,8 @@ class ModelInput:
     masked_fraction: float
     orders_used: list[int]
     observation: dict
+    variance: np.ndarray | None = None
+    resolution: float | None = None
     rv_measurement: RVMeasurement | None = None
     version: str = PREPROCESSING_VERSION
     notes: list[str] = field(default_factory=list)
@@ -361,7 +365,7 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
     if not snr >= cfg.low_snr:
         flags |= Flag.LOW_SNR
 
-    nf, nm = normalise.normalise_orders(torch.as_tensor(f)[None], torch.as_tensor(m)[None])
+    nf, nm, nv = normalise.normalise_orders(torch.as_tensor(f)[None], torch.as_tensor(m)[None], torch.as_tensor(v)[None])
     x = normalise.model_input(nf, nm)[0].to(torch.float32).numpy()
     norm_flux = nf[0].numpy().astype(np.float32)
     mask = nm[0].numpy().astype(bool)
@@ -379,6 +383,8 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         masked_fraction=float(1.0 - mask.mean()),
         orders_used=orders_used,
         observation=obs.metadata(),
+        variance=nv[0].numpy().astype(np.float32),
+        resolution=float(min(obs.resolution, cfg.target_resolution)) if obs.resolution else None,
         rv_measurement=meas,
         notes=notes,
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from survey_estimator.catalogue.model import ModelRef
-from survey_estimator.catalogue.predict import build_table
+from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.read import META_FLOAT, rows_to_batch
 
 
@@ -18,7 +18,8 @@ def fake_rows(uris, nights, status="ok", snr=50.0, etag="e1"):
         r = {k: 1.0 for k in META_FLOAT}
         r.update(source_uri=uri, etag=etag, size_bytes=1000, night=night, object="HD 1", instrument="HARPS-N",
                  drs_version="HARPN_3.7", snr=snr, flags=0, status=status, error=None if status == "ok" else "bad file",
-                 preprocessing_version="pp-1", x=np.zeros((2, 8, 4096), np.float32))
+                 preprocessing_version="pp-1", x=np.zeros((2, 8, 4096), np.float32),
+                 ivar=np.zeros((8, 4096), np.float32), resolution=115000.0)
         rows.append(r)
     return rows_to_batch(rows)
 
@@ -31,7 +32,7 @@ def write_catalogue(root, uris, nights, teff, model=("m", "1"), status="ok", eta
     mean = np.column_stack([teff, np.full(n, 4.4), np.full(n, 0.0), np.full(n, 3.0)])
     sigma = np.full((n, 4), 0.1)
     cov = np.tile(np.diag([0.01] * 4).ravel(), (n, 1))
-    table = build_table(batch, ok, mean, sigma, cov, np.zeros(n, np.int64), ModelRef("x", *model))
+    table = build_table(batch, ok, Estimates.network(mean, sigma, cov, np.zeros(n, np.int64)), ModelRef("x", *model))
     pads.write_dataset(table, root, format="parquet", partitioning=["night"], partitioning_flavor="hive",
                        basename_template=f"run-{uuid.uuid4().hex}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
                        filesystem=fs)

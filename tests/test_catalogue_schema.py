@@ -9,13 +9,15 @@ import pyarrow as pa
 
 from catalogue_testing import fake_rows
 from survey_estimator.catalogue.model import ModelRef
-from survey_estimator.catalogue.predict import build_table
+from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.schema import (COLUMNS, COV_SIZE, DATA_SCHEMA, SCHEMA, CatalogueFlag, catalogue_flags,
                                                columns_markdown, flag_names, flag_table, flags_markdown, night_from_key, night_from_mjd, night_of)
 
 CONTRACT = ["source_uri", "etag", "size_bytes", "night", "object", "instrument", "drs_version", "ra_deg", "dec_deg",
             "mjd_obs", "bjd", "exptime_s", "berv_kms", "rv_kms", "snr", "teff", "teff_err", "logg", "logg_err", "mh",
-            "mh_err", "vsini", "vsini_err", "cov", "flags", "status", "error", "model_name", "model_version",
+            "mh_err", "vsini", "vsini_err", "cov", "method", "chi2_red", "model_error", "fit_rv_kms", "fit_iterations",
+            "fit_converged", "grid_id", "nn_teff", "nn_teff_err", "nn_logg", "nn_logg_err", "nn_mh", "nn_mh_err",
+            "nn_vsini", "nn_vsini_err", "flags", "status", "error", "model_name", "model_version",
             "preprocessing_version", "processed_at"]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
 
@@ -104,7 +106,7 @@ def test_build_table_nulls_estimates_of_error_rows(tmp_path):
     ok = np.array([True, False])
     mean = np.array([[5000, 4.0, 0.0, 5.0], [np.nan] * 4])
     cov = np.tile(np.eye(4).ravel(), (2, 1))
-    t = build_table(batch, ok, mean, np.ones((2, 4)), cov, np.array([0, 1 << 36]), ModelRef("x", "m", "7"))
+    t = build_table(batch, ok, Estimates.network(mean, np.ones((2, 4)), cov, np.array([0, 1 << 36])), ModelRef("x", "m", "7"))
     assert t.schema.equals(SCHEMA)
     d = t.to_pylist()
     assert d[0]["teff"] == 5000 and d[0]["cov"] == list(np.eye(4).ravel()) and len(d[0]["cov"]) == COV_SIZE

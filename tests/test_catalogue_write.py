@@ -11,7 +11,7 @@ from catalogue_testing import fake_rows
 from survey_estimator.catalogue.inventory import catalogue_files, open_catalogue
 from survey_estimator.catalogue.model import ModelRef
 from survey_estimator.catalogue.pipeline import CatalogueConfig, read_plan
-from survey_estimator.catalogue.predict import build_table
+from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.schema import DATA_SCHEMA, SCHEMA
 from survey_estimator.catalogue.write import NightWriter
 from survey_estimator.storage import resolve
@@ -21,8 +21,8 @@ def _table(uris, nights):
     """A model-stage output block (SCHEMA) for these files."""
     n = len(uris)
     ok = np.ones(n, bool)
-    return build_table(fake_rows(uris, nights), ok, np.full((n, 4), 5000.0), np.full((n, 4), 0.1),
-                       np.zeros((n, 16)), np.zeros(n, np.int64), ModelRef("spec", "m", "1"))
+    est = Estimates.network(np.full((n, 4), 5000.0), np.full((n, 4), 0.1), np.zeros((n, 16)), np.zeros(n, np.int64))
+    return build_table(fake_rows(uris, nights), ok, est, ModelRef("spec", "m", "1"))
 
 
 def test_one_file_per_night_with_the_catalogue_schema(tmp_path):

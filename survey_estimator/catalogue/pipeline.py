@@ -79,6 +79,10 @@ class CatalogueConfig:
     """How long to wait for the actor pool (e.g. a GPU node from the autoscaler) before failing."""
     use_dae: bool = True
     retries: int = 5
+    fit: bool = True
+    """Refine the network's estimate by the likelihood fit when a grid is reachable."""
+    grid: str | None = None
+    """Grid URI for the fit (default: the bundle's grid, else the shipped packed grid)."""
 
 
 @dataclass
@@ -193,7 +197,7 @@ def run_catalogue(config: CatalogueConfig) -> RunSummary:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from .predict import Predictor
+    from .predict import FitOptions, Predictor
 
     ensure_ray()
     ctx = DataContext.get_current()
@@ -209,7 +213,8 @@ def run_catalogue(config: CatalogueConfig) -> RunSummary:
     # batch_size None: one task per input block (a batch size would merge blocks one file short of it)
     ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=None,
                         batch_format="numpy", num_cpus=read_cpus, **env)
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets},
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets,
+                                                              "fit": FitOptions(config.fit, config.grid)},
                         compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
                         batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus, **env)
     writer = NightWriter(resolve(config.out), summary.run_id, config.rows_per_file)

@@ -1,9 +1,14 @@
-"""The model stage: an actor that loads the bundle once and turns read rows into catalogue rows.
+"""The model stage: an actor that loads the bundle (and the fit's forward model) once and turns
+read rows into catalogue rows.
 
 Mapped by Ray Data with ``ActorPoolStrategy`` (GPU actors when ``num_gpus`` > 0). Input batches
 are numpy dicts from :func:`survey_estimator.catalogue.read.read_batch` (``x``: (B, 2, 8, 4096)
-float32); output batches are ``pyarrow.Table`` objects with exactly
+float32, ``ivar``: (B, 8, 4096)); output batches are ``pyarrow.Table`` objects with exactly
 :data:`survey_estimator.catalogue.schema.SCHEMA`. Error rows pass through with null estimates.
+
+Per spectrum: the network's estimate (columns ``nn_*``), then, when a grid is reachable
+(:func:`survey_estimator.fit.grid.resolve_grid`), the likelihood fit from it
+(:func:`survey_estimator.fit.fit_spectra`), whose values fill the main columns (``method`` 'fit').
 """
 from __future__ import annotations
 
@@ -13,31 +18,111 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from dataclasses import dataclass
+
 from ..labels import LABEL_NAMES
 from .model import ModelRef, load_bundle
 from .read import WorkerEnv
-from .schema import COV_SIZE, SCHEMA, STATUS_OK, catalogue_flags
+from .schema import COV_SIZE, SCHEMA, STATUS_OK, CatalogueFlag, catalogue_flags
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Whether and with which grid the model stage fits.
+
+    Attributes:
+        enabled: False gives the network's estimate alone (``--no-fit``).
+        grid: grid URI overriding the bundle's (``--grid``): store folder, s3:// store or packed .npz.
+    """
+
+    enabled: bool = True
+    grid: str | None = None
+
+
+@dataclass
+class Estimates:
+    """Per-row outputs of the model stage for a batch of n rows (NaN / None where not made)."""
+
+    mean: np.ndarray  # (n, 4)
+    sigma: np.ndarray  # (n, 4)
+    cov: np.ndarray  # (n, 16)
+    nn_mean: np.ndarray  # (n, 4)
+    nn_sigma: np.ndarray  # (n, 4)
+    flags: np.ndarray  # (n,) int64
+    method: np.ndarray  # (n,) object
+    chi2_red: np.ndarray
+    model_error: np.ndarray
+    fit_rv: np.ndarray
+    fit_iterations: np.ndarray  # (n,) float (NaN = null)
+    fit_converged: np.ndarray  # (n,) object (None = null)
+    grid_id: np.ndarray  # (n,) object
+
+    @classmethod
+    def empty(cls, n: int, flags: np.ndarray) -> "Estimates":
+        nan = lambda *shape: np.full((n, *shape), np.nan)  # noqa: E731
+        none = lambda: np.full(n, None, dtype=object)  # noqa: E731
+        return cls(nan(4), nan(4), nan(COV_SIZE), nan(4), nan(4), np.asarray(flags, dtype=np.int64).copy(), none(),
+                   nan(), nan(), nan(), nan(), none(), none())
+
+    @classmethod
+    def network(cls, mean, sigma, cov, flags) -> "Estimates":
+        """Network-only estimates (method 'network' where the mean is finite), e.g. for tests and tools."""
+        mean = np.asarray(mean, dtype=np.float64)
+        est = cls.empty(len(mean), flags)
+        est.mean[:], est.sigma[:], est.cov[:] = mean, sigma, np.asarray(cov, dtype=np.float64).reshape(len(mean), COV_SIZE)
+        est.nn_mean[:], est.nn_sigma[:] = mean, sigma
+        est.method[np.isfinite(mean).all(axis=1)] = "network"
+        return est
+
+
+_FIT_TO_CATALOGUE = {"FIT_FAILED": CatalogueFlag.FIT_FAILED, "POOR_FIT": CatalogueFlag.POOR_FIT,
+                     "AT_GRID_EDGE": CatalogueFlag.AT_GRID_EDGE, "OUTSIDE_GRID": CatalogueFlag.OUTSIDE_GRID}
+
+
+def fit_flags_to_catalogue(fit_flags: np.ndarray) -> np.ndarray:
+    """(n,) catalogue flag bits for (n,) :class:`survey_estimator.fit.FitFlag` values."""
+    from ..fit import FitFlag
+
+    out = np.zeros(len(fit_flags), dtype=np.int64)
+    for name, bit in _FIT_TO_CATALOGUE.items():
+        out |= np.where(np.asarray(fit_flags) & int(FitFlag[name]), int(bit), 0)
+    return out
 
 log = logging.getLogger(__name__)
 
 
 class Predictor:
-    """Callable class for ``map_batches``: loads the model once per actor.
+    """Callable class for ``map_batches``: loads the model (and the fit's grid) once per actor.
 
     Args:
         ref: the pinned model (see :func:`survey_estimator.catalogue.model.resolve_model`).
         use_dae: denoise with the bundle's DAE before estimating.
         env: credentials to set in this actor's process (registry/S3 bundle downloads).
+        fit: :class:`FitOptions` (default: fit whenever the bundle's grid is reachable).
     """
 
-    def __init__(self, ref: ModelRef, use_dae: bool = True, env: WorkerEnv | None = None):
+    def __init__(self, ref: ModelRef, use_dae: bool = True, env: WorkerEnv | None = None, fit: FitOptions | None = None):
         if env is not None:
             env.apply()
         self.ref = ref
         self.use_dae = use_dae
         self.bundle = load_bundle(ref)  # on CUDA when this actor has a GPU
         self.device = str(self.bundle.device)
-        log.info("actor loaded %s version %s on %s", ref.name, ref.version, self.device)
+        self.fitter = self._load_fitter(fit or FitOptions())
+        log.info("actor loaded %s version %s on %s (%s)", ref.name, ref.version, self.device,
+                 f"fit with grid {self.fitter.model.grid_id}" if self.fitter else "network only")
+
+    def _load_fitter(self, options: FitOptions):
+        if not options.enabled:
+            return None
+        from ..fit import Fitter
+        from ..fit.grid import load_forward_model, resolve_grid
+
+        m = self.bundle.manifest
+        uri = resolve_grid(m.grid_id, options.grid, getattr(m, "grid_uri", None))
+        if uri is None:
+            return None
+        return Fitter(load_forward_model(uri, device=self.device))
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean (B,4), sigma (B,4), cov (B,4,4)) in physical units for x (B, 2, 8, 4096)."""
@@ -47,44 +132,87 @@ class Predictor:
         cov = np.asarray(pred.covariance, dtype=np.float64)
         return mean, sigma, cov
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def estimate(self, batch: dict[str, np.ndarray]) -> Estimates:
+        """Network, then fit, for the ok rows of a read batch."""
         n = len(batch["source_uri"])
         ok = np.asarray([s == STATUS_OK for s in batch["status"]], dtype=bool)
-        mean = np.full((n, 4), np.nan)
-        sigma = np.full((n, 4), np.nan)
-        cov = np.full((n, COV_SIZE), np.nan)
-        flags = np.asarray(batch["flags"], dtype=np.int64).copy()
-        if ok.any():
-            x = np.asarray(batch["x"], dtype=np.float32)[ok]
-            m, s, c = self.predict(x)
-            mean[ok], sigma[ok], cov[ok] = m, s, c.reshape(len(m), COV_SIZE)
-            mask = x[:, 1] > 0.5
-            flags[ok] |= catalogue_flags(m, s, mask, self.bundle.label_bounds, self.bundle.sigma_limits)
-        return build_table(batch, ok, mean, sigma, cov, flags, self.ref)
+        est = Estimates.empty(n, batch["flags"])
+        if not ok.any():
+            return est
+        rows = np.flatnonzero(ok)
+        x = np.asarray(batch["x"], dtype=np.float32)[ok]
+        m, s, c = self.predict(x)
+        mask = x[:, 1] > 0.5
+        est.nn_mean[ok], est.nn_sigma[ok] = m, s
+        est.mean[ok], est.sigma[ok], est.cov[ok] = m, s, c.reshape(len(m), COV_SIZE)
+        est.method[ok] = "network"
+        est.flags[ok] |= catalogue_flags(m, s, mask, self.bundle.label_bounds, self.bundle.sigma_limits)
+        if self.fitter is not None and "ivar" in batch:
+            self._fit(est, rows, x, np.asarray(batch["ivar"], dtype=np.float32)[ok], m, s,
+                      np.asarray(batch.get("resolution", np.full(n, np.nan)), dtype=np.float64)[ok])
+        return est
+
+    def _fit(self, est: Estimates, rows, x, ivar, nn_mean, nn_sigma, resolution) -> None:
+        from ..fit import FitFlag, fit_spectra
+
+        y = x[:, 0] + 1.0
+        mask = (x[:, 1] > 0.5) & (ivar > 0)
+        with np.errstate(divide="ignore"):
+            var = np.where(mask, 1.0 / np.where(ivar > 0, ivar, 1.0), np.inf)
+        r_model = self.fitter.model.config.resolution
+        groups = np.where(np.isfinite(resolution) & (resolution < 0.99 * r_model), np.round(resolution, -2), r_model)
+        for r in np.unique(groups):
+            sel = np.flatnonzero(groups == r)
+            res = fit_spectra(self.fitter, y[sel], var[sel], mask[sel], nn_mean[sel], nn_sigma[sel],
+                              resolution=None if r >= r_model else float(r))
+            idx = rows[sel]
+            failed = (res.flags & int(FitFlag.FIT_FAILED)) > 0
+            good = idx[~failed]
+            est.mean[good] = res.labels[~failed]
+            est.sigma[good] = res.sigma[~failed]
+            est.cov[good] = res.cov[~failed].reshape(-1, COV_SIZE)
+            est.method[good] = "fit"
+            est.grid_id[good] = self.fitter.model.grid_id
+            est.chi2_red[idx], est.model_error[idx], est.fit_rv[idx] = res.chi2_red, res.model_error, res.rv
+            est.fit_iterations[idx] = res.iterations
+            est.fit_converged[idx] = [bool(v) for v in res.converged]
+            # the fit's own bounds replace the network's range flags for the fitted rows
+            est.flags[good] &= ~np.int64(int(CatalogueFlag.OUTSIDE_GRID) | int(CatalogueFlag.EXTRAPOLATED))
+            est.flags[idx] |= fit_flags_to_catalogue(res.flags)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        ok = np.asarray([s == STATUS_OK for s in batch["status"]], dtype=bool)
+        return build_table(batch, ok, self.estimate(batch), self.ref)
 
 
-def build_table(batch: dict, ok: np.ndarray, mean: np.ndarray, sigma: np.ndarray, cov: np.ndarray,
-                flags: np.ndarray, ref: ModelRef) -> pa.Table:
-    """Assemble a catalogue table (SCHEMA) from a read batch and per-row estimates.
+def build_table(batch: dict, ok: np.ndarray, est: Estimates, ref: ModelRef) -> pa.Table:
+    """Assemble a catalogue table (SCHEMA) from a read batch and its :class:`Estimates`.
 
     Estimates of error rows become nulls; ``processed_at`` is now (UTC).
     """
     n = len(ok)
     cols: dict[str, pa.Array] = {}
     now = dt.datetime.now(dt.timezone.utc)
+    per_row = {"method": est.method, "chi2_red": est.chi2_red, "model_error": est.model_error, "fit_rv_kms": est.fit_rv,
+               "fit_iterations": est.fit_iterations, "fit_converged": est.fit_converged, "grid_id": est.grid_id}
+    for j, name in enumerate(LABEL_NAMES):
+        per_row.update({name: est.mean[:, j], f"{name}_err": est.sigma[:, j],
+                        f"nn_{name}": est.nn_mean[:, j], f"nn_{name}_err": est.nn_sigma[:, j]})
     for field in SCHEMA:
         name = field.name
-        if name in LABEL_NAMES:
-            cols[name] = pa.array(mean[:, LABEL_NAMES.index(name)], field.type, mask=~ok)
-        elif name.endswith("_err") and name[:-4] in LABEL_NAMES:
-            cols[name] = pa.array(sigma[:, LABEL_NAMES.index(name[:-4])], field.type, mask=~ok)
+        if name in per_row:
+            values = per_row[name]
+            if values.dtype == object:
+                cols[name] = pa.array(list(values), field.type)
+            else:
+                cols[name] = pa.array(values, field.type, mask=~(ok & np.isfinite(values)))
         elif name == "cov":
-            flat = pa.array(cov.ravel(), pa.float64())
+            flat = pa.array(est.cov.ravel(), pa.float64())
             # a variable list: pyarrow 25 cannot read back null entries of a fixed-size list from Parquet
             offsets = pa.array(np.arange(0, n * COV_SIZE + 1, COV_SIZE, dtype=np.int32))
             cols[name] = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~ok))
         elif name == "flags":
-            cols[name] = pa.array(flags, field.type)
+            cols[name] = pa.array(est.flags, field.type)
         elif name == "model_name":
             cols[name] = pa.array([ref.name] * n, field.type)
         elif name == "model_version":
@@ -101,4 +229,3 @@ def build_table(batch: dict, ok: np.ndarray, mean: np.ndarray, sigma: np.ndarray
             else:
                 cols[name] = pa.array(list(values), field.type)
     return pa.Table.from_pydict(cols, schema=SCHEMA)
-

@@ -175,7 +175,9 @@ def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
     """Read and preprocess one archive file into a row dict (with ``x``), never raising.
 
     Returns a dict with the metadata columns, ``night``, ``snr``, ``flags``, ``status``,
-    ``error``, ``preprocessing_version`` and ``x`` (float32 (2, 8, 4096); zeros for error rows).
+    ``error``, ``preprocessing_version``, ``x`` (float32 (2, 8, 4096); zeros for error rows),
+    ``ivar`` (float32 (8, 4096) inverse variance of the normalised flux, 0 where masked: the
+    fit's noise) and ``resolution`` (the spectrum's resolving power; NaN unknown).
     """
     from .. import preprocess as pp
     from ..instruments import read_observation
@@ -183,7 +185,8 @@ def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
     row: dict = {k: None for k in META_STR}
     row.update({k: math.nan for k in META_FLOAT})
     row.update(night=hint, snr=math.nan, flags=0, status=STATUS_ERROR, error=None,
-               preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")), x=np.zeros(X_SHAPE, np.float32))
+               preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")), x=np.zeros(X_SHAPE, np.float32),
+               ivar=np.zeros(X_SHAPE[1:], np.float32), resolution=math.nan)
     name = uri.rsplit("/", 1)[-1]
     try:
         data = fetch(uri, opts.retries, opts.backoff_s)
@@ -205,7 +208,9 @@ def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
         if v is not None and np.isfinite(_float(v)):
             row["berv_kms"] = _float(v)
         x = np.asarray(mi.x, dtype=np.float32).reshape(X_SHAPE)
-        row.update(x=x, snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0), status=STATUS_OK,
+        with np.errstate(divide="ignore"):
+            ivar = np.where(mi.mask, 1.0 / mi.variance, 0.0).astype(np.float32)
+        row.update(x=x, ivar=ivar, resolution=_float(mi.resolution), snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0), status=STATUS_OK,
                    night=_night(obs, row, hint))
     except ValueError as exc:  # the readers' typed error (and preprocessing refusals)
         row.update(error=redact(str(exc)) or type(exc).__name__, flags=int(CatalogueFlag.READ_ERROR))
@@ -233,12 +238,13 @@ def read_batch(batch: dict[str, np.ndarray], opts: ReadOptions) -> dict[str, np.
 
 
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Column arrays from row dicts; ``x`` stacked to (n, 2, 8, 4096)."""
-    keys = ["source_uri", "etag", "size_bytes", "night", *META_STR, *META_FLOAT, "snr", "flags", "status", "error", "preprocessing_version"]
+    """Column arrays from row dicts; ``x`` stacked to (n, 2, 8, 4096), ``ivar`` to (n, 8, 4096)."""
+    keys = ["source_uri", "etag", "size_bytes", "night", *META_STR, *META_FLOAT, "snr", "resolution", "flags", "status", "error",
+            "preprocessing_version"]
     out: dict[str, np.ndarray] = {}
     for k in keys:
         vals = [r[k] for r in rows]
-        if k in META_FLOAT or k == "snr":
+        if k in META_FLOAT or k in ("snr", "resolution"):
             out[k] = np.asarray(vals, dtype=np.float64)
         elif k in ("size_bytes", "flags"):
             out[k] = np.asarray(vals, dtype=np.int64)
@@ -247,4 +253,5 @@ def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
             arr[:] = vals
             out[k] = arr
     out["x"] = np.stack([r["x"] for r in rows]) if rows else np.zeros((0, *X_SHAPE), np.float32)
+    out["ivar"] = np.stack([r["ivar"] for r in rows]) if rows else np.zeros((0, *X_SHAPE[1:]), np.float32)
     return out

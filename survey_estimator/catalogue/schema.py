@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ..labels import LABEL_AXES, LABEL_HI, LABEL_LO, LABEL_NAMES, LABEL_UNITS
 
-SCHEMA_VERSION = "catalogue/1"
+SCHEMA_VERSION = "catalogue/2"
 PARTITION_COLUMN = "night"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -43,9 +43,34 @@ def _label_columns() -> list[Column]:
     cols = []
     for name, axis in zip(LABEL_NAMES, LABEL_AXES):
         unit = LABEL_UNITS[name]
-        cols.append(Column(name, pa.float64(), unit, f"Estimated {name} (posterior mean, physical units; grid {axis.start:g}..{axis.stop:g})."))
-        cols.append(Column(f"{name}_err", pa.float64(), unit, f"1-sigma uncertainty of {name} (calibrated, physical units)."))
+        cols.append(Column(name, pa.float64(), unit, f"Estimated {name} (physical units; grid {axis.start:g}..{axis.stop:g}): "
+                                                    "the likelihood fit's maximum when `method` is 'fit', else the network's posterior mean."))
+        cols.append(Column(f"{name}_err", pa.float64(), unit, f"1-sigma uncertainty of {name} (physical units): the fit's "
+                                                              "inverse-Fisher sigma, or the network's calibrated sigma."))
     return cols
+
+
+def _network_columns() -> list[Column]:
+    cols = []
+    for name in LABEL_NAMES:
+        unit = LABEL_UNITS[name]
+        cols.append(Column(f"nn_{name}", pa.float64(), unit, f"The network's posterior mean of {name} (the fit's first guess)."))
+        cols.append(Column(f"nn_{name}_err", pa.float64(), unit, f"The network's calibrated 1-sigma of {name}."))
+    return cols
+
+
+FIT_COLUMNS: tuple[Column, ...] = (
+    Column("method", pa.string(), "", "Where the estimate comes from: 'fit' (maximum-likelihood fit of the forward model, "
+                                      "started from the network) or 'network' (no grid reachable, --no-fit, or FIT_FAILED); null for error rows."),
+    Column("chi2_red", pa.float64(), "", "Reduced chi^2 of the best fit with the noise alone (about 1 when the model describes "
+                                         "the spectrum to the noise; real stars at high S/N sit far above 1, see model_error)."),
+    Column("model_error", pa.float64(), "", "Relative model error added to the noise in the likelihood, var + (model_error * model)^2: "
+                                            "0 when not needed; a few % for real FGK stars; above the POOR_FIT threshold the star is not like the grid."),
+    Column("fit_rv_kms", pa.float64(), "km/s", "Radial-velocity residual fitted with the labels (on top of rv_kms)."),
+    Column("fit_iterations", pa.int64(), "", "Levenberg-Marquardt iterations of the fit (all passes)."),
+    Column("fit_converged", pa.bool_(), "", "The fit met its convergence test."),
+    Column("grid_id", pa.string(), "", "Id of the grid whose forward model the fit used (null for method 'network')."),
+)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -65,7 +90,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("rv_kms", pa.float64(), "km/s", "Stellar radial velocity applied (header value, or measured by cross-correlation: see flags); null when none was applied, e.g. an unreliable measurement (RV_UNRELIABLE)."),
     Column("snr", pa.float64(), "", "Signal-to-noise ratio: median over the 8 canonical orders."),
     *_label_columns(),
-    Column("cov", pa.list_(pa.float64()), "physical", "Full 4x4 covariance in physical units, row-major over (teff, logg, mh, vsini): a list of 16 float64 (reshape(4, 4)); null for error rows."),
+    Column("cov", pa.list_(pa.float64()), "physical", "Full 4x4 covariance in physical units, row-major over (teff, logg, mh, vsini): a list of 16 float64 (reshape(4, 4)); null for error rows. The fit's inverse Fisher matrix (continuum and RV marginalised) for method 'fit'."),
+    *FIT_COLUMNS,
+    *_network_columns(),
     Column("flags", pa.int64(), "", "Bitmask: bits 0-31 preprocessing flags, bits 32+ catalogue flags (see flag table)."),
     Column("status", pa.string(), "", "'ok' (estimates present) or 'error' (estimates null, see error)."),
     Column("error", pa.string(), "", "For error rows: the reason (file and cause); null for ok rows. Never holds credentials."),
@@ -96,16 +123,24 @@ class CatalogueFlag(enum.IntFlag):
     NONFINITE = 1 << 35
     READ_ERROR = 1 << 36
     UNFAMILIAR = 1 << 37
+    FIT_FAILED = 1 << 38
+    POOR_FIT = 1 << 39
+    AT_GRID_EDGE = 1 << 40
 
 
 CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
-    CatalogueFlag.OUTSIDE_GRID: "A posterior mean lies outside the label range the model was trained on (its grid span; Table 1 for older bundles).",
+    CatalogueFlag.OUTSIDE_GRID: "A posterior mean lies outside the label range the model was trained on (its grid span; Table 1 for older bundles), "
+                                "or the fit's optimum needs a grid node without a spectrum.",
     CatalogueFlag.EXTRAPOLATED: "The mean is inside that range but its 1-sigma interval crosses an edge of it for some label.",
     CatalogueFlag.MOSTLY_MASKED: "More than half of the 8 x 4096 input pixels are masked.",
     CatalogueFlag.NONFINITE: "The model returned a non-finite mean or sigma (values kept as NaN).",
     CatalogueFlag.READ_ERROR: "The file could not be read or preprocessed (status 'error').",
     CatalogueFlag.UNFAMILIAR: "Some sigma exceeds the largest the model gave on its validation spectra (S/N 10-200): "
                               "the spectrum is unlike anything it was trained on (e.g. an M dwarf below the grid).",
+    CatalogueFlag.FIT_FAILED: "The likelihood fit gave no finite optimum or covariance: the row holds the network's estimate (method 'network').",
+    CatalogueFlag.POOR_FIT: "The fit needed a model error above its threshold (model_error): the forward model cannot describe "
+                            "this star (not like the grid: e.g. an M dwarf, a binary, a bad spectrum); treat the values with suspicion.",
+    CatalogueFlag.AT_GRID_EDGE: "The fit ended on an edge of its grid (Teff, log g, [M/H], or v sin i at its maximum): the truth may lie beyond.",
 }
 
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .estimate import add_fit_arguments
+
     parser.add_argument("--archive", required=True, help="s3://bucket/prefix or local folder (recursive; .fits, .fits.gz)")
     parser.add_argument("--out", required=True, help="catalogue root: s3://bucket/prefix or local folder")
     parser.add_argument("--model", default=None,
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPUs reserved per read task (default: one read task per CPU beside the actors)")
     parser.add_argument("--actor-timeout", type=int, default=600, help="seconds to wait for the actor pool (GPU nodes) to start")
     parser.add_argument("--no-dae", action="store_true", help="estimate without the denoiser")
+    add_fit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
@@ -50,6 +53,7 @@ def config_from_args(args: argparse.Namespace):
         archive=args.archive, out=args.out, model=args.model, night=args.night, since=args.since,
         num_gpus=args.num_gpus, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
         read_batch_size=args.read_batch_size, read_cpus=args.read_cpus, actor_start_timeout_s=args.actor_timeout, use_dae=not args.no_dae,
+        fit=not args.no_fit, grid=args.grid,
     )
 
 

@@ -10,11 +10,17 @@ The model is --model (models:/NAME@ALIAS, models:/NAME/VERSION, s3:// or local b
 by default the bundle shipped in survey_estimator/models/production (or $SURVEY_ESTIMATOR_BUNDLE),
 else models:/stellar-estimator@production from the MLflow registry ($MLFLOW_TRACKING_URI).
 
+The network's estimate is the first guess of a maximum-likelihood fit of the forward model
+(docs/model-card.md) whenever the model's grid is reachable: the grid the bundle records, the
+packed grid shipped with the package, or --grid; --no-fit gives the network alone. Columns
+nn_teff, ... keep the network's values; method, chi2_red and model_error describe the fit.
+
 Exit status: 0 all rows ok, 1 some error row, 2 no usable model or bad arguments.
 
 examples:
   survey-estimator estimate HARPS.2003-12-13T06-19-48.371_e2ds_A.fits ADP.2014-09-16T11-04-45.123.fits
   survey-estimator estimate --json --model models:/stellar-estimator/3 spectra/*.fits > rows.jsonl
+  survey-estimator estimate --no-fit spectrum.fits                 # the network alone (milliseconds)
 """
 from __future__ import annotations
 
@@ -45,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blaze", metavar="FILE", default=None,
                         help="blaze file for old-DRS e2ds inputs (default: the DRS BLAZE FILE found beside each)")
     parser.add_argument("--batch-size", type=int, default=16, help="spectra per model call")
+    add_fit_arguments(parser)
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--grid and --no-fit (estimate and catalogue)."""
+    parser.add_argument("--grid", default=None, metavar="URI",
+                        help="grid for the likelihood fit: store folder, s3:// store or packed .npz "
+                             "(default: the model's grid, else the packed grid shipped for its grid id)")
+    parser.add_argument("--no-fit", action="store_true", help="the network's estimate alone, no likelihood fit")
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -91,10 +106,11 @@ def _listed_batch(objects: list) -> dict[str, np.ndarray]:
 
 # -- estimation -----------------------------------------------------------------------------------
 def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file: str | None = None,
-                    batch_size: int = 16) -> Iterator[pa.Table]:
+                    batch_size: int = 16, fit=None) -> Iterator[pa.Table]:
     """Catalogue tables (:data:`~survey_estimator.catalogue.schema.SCHEMA`) for ``paths``, in order,
     ``batch_size`` files at a time: the catalogue's read stage (``read_batch``) and model stage
-    (``Predictor``) run in this process.
+    (``Predictor``, with :class:`~survey_estimator.catalogue.predict.FitOptions` ``fit``) run in
+    this process.
 
     Raises:
         ModelNotFoundError: the model of ``ref`` cannot be loaded.
@@ -106,7 +122,7 @@ def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file:
 
     objects = archive_objects(paths)
     opts = ReadOptions(blaze=sibling_blaze_index(paths), blaze_file=blaze_file, retries=1)
-    predictor = Predictor(ref, use_dae=use_dae)
+    predictor = Predictor(ref, use_dae=use_dae, fit=fit)
     with tqdm(total=len(objects), unit="file", desc="estimate", disable=None, file=sys.stderr) as bar:
         for i in range(0, len(objects), batch_size):
             chunk = objects[i : i + batch_size]
@@ -157,6 +173,7 @@ def format_table(table: pa.Table) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..catalogue.model import ModelNotFoundError, resolve_model
+    from ..catalogue.predict import FitOptions
     from ..catalogue.schema import STATUS_OK
 
     if args.batch_size < 1:
@@ -175,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         ref = resolve_model(args.model)
         for table in estimate_tables(args.files, ref, use_dae=not args.no_dae,
                                      blaze_file=os.path.abspath(args.blaze) if args.blaze else None,
-                                     batch_size=args.batch_size):
+                                     batch_size=args.batch_size, fit=FitOptions(not args.no_fit, args.grid)):
             if args.json:
                 for row in json_rows(table):
                     print(json.dumps(row), flush=True)

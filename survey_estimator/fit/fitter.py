@@ -15,8 +15,9 @@ For each spectrum (:func:`fit_spectra`):
 4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised).
 
 Flags (:class:`FitFlag`): FIT_FAILED (non-finite or singular), POOR_FIT (eps above
-``poor_fit_model_error``: the star is not like the grid), AT_GRID_EDGE (a grid label ends on the
-model's bounds), OUTSIDE_GRID (the optimum needs a node without a spectrum).
+``poor_fit_model_error``: the star is not like the grid), AT_GRID_EDGE (Teff, log g or [M/H] ends
+within 1 sigma of the model's bounds, or v sin i at its maximum: the truth may lie beyond),
+OUTSIDE_GRID (the optimum needs a node without a spectrum).
 """
 from __future__ import annotations
 
@@ -240,9 +241,11 @@ class Fitter:
         flags = np.zeros(len(t), dtype=np.int64)
         bad = ~np.isfinite(t).all(axis=1) | ~np.isfinite(cov5.cpu().numpy()).all(axis=(1, 2))
         flags[bad] |= int(FitFlag.FIT_FAILED)
-        steps = np.asarray(THETA_SCALE[:3])
+        # within 1 sigma (or a thousandth of a step) of a bound: the bound shapes the estimate
+        sig = np.sqrt(np.clip(np.nan_to_num(np.diagonal(cov5.cpu().numpy(), axis1=1, axis2=2)[:, :3]), 0, None))
+        reach = np.maximum(sig, 1e-3 * np.asarray(THETA_SCALE[:3]))
         lo, hi = self.model.lo[:3], self.model.hi[:3]
-        edge = ((np.abs(t[:, :3] - lo) < 1e-3 * steps) | (np.abs(t[:, :3] - hi) < 1e-3 * steps)).any(axis=1)
+        edge = ((t[:, :3] - lo < reach) | (hi - t[:, :3] < reach)).any(axis=1)
         edge |= t[:, 3] >= self.model.hi[3] - 1e-3
         flags[edge] |= int(FitFlag.AT_GRID_EDGE)
         inside = self.model.inside(torch.as_tensor(np.nan_to_num(t[:, :4]))).cpu().numpy()

@@ -77,6 +77,9 @@ class Manifest:
     sigma_limit: dict[str, float] | None = None
     """{label: largest calibrated 1-sigma the estimator gave on its validation spectra (S/N 10-200)};
     a larger sigma marks an input unlike its training set (catalogue flag ``UNFAMILIAR``)."""
+    grid_uri: str | None = None
+    """Where the grid the estimator was trained on lives (store folder or s3://); the likelihood
+    fit uses it when reachable (see :mod:`survey_estimator.fit.grid`)."""
     weights: dict[str, str] = field(default_factory=dict)
     """File name -> sha256 hex digest, filled by :meth:`ModelBundle.save`."""
     package_version: str = __version__
@@ -198,6 +201,7 @@ class ModelBundle:
         commit: str | None = None,
         layout_version: str = LAYOUT_VERSION,
         label_range: Mapping[str, Sequence[float]] | None = None,
+        grid_uri: str | None = None,
     ) -> "ModelBundle":
         """A bundle from trained networks (built by :mod:`.registry` classes) and their context."""
         arch, config = describe(estimator)
@@ -220,6 +224,7 @@ class ModelBundle:
             dae=_dae_entry(dae),
             metrics=dict(metrics or {}),
             label_range={k: [float(v) for v in label_range[k]] for k in LABEL_NAMES} if label_range else None,
+            grid_uri=grid_uri,
         )
         bundle = cls(estimator, manifest, dae)
         if calibration is not None:

@@ -19,6 +19,7 @@ import torch
 
 from .. import tracking
 from ..sampling import SamplerConfig
+from ..storage import redact
 from ..synth.store import GridStore
 from .checkpoint import load_model_weights
 from .components import build_networks
@@ -77,7 +78,7 @@ def bundle_from_checkpoint(cfg: TrainConfig, checkpoint_dir: Path, grid_id: str)
     span = {**GridStore(cfg.grid).label_range(), "vsini": list(SamplerConfig.vsini_range)}
     return ModelBundle.create(
         nets["estimator"], name=cfg.register_name, preprocessing_version=preprocessing_version(),
-        grid_id=grid_id, dae=nets.get("dae"), commit=commit, label_range=span,
+        grid_id=grid_id, dae=nets.get("dae"), commit=commit, label_range=span, grid_uri=redact(str(cfg.grid)),
     )
 
 

@@ -1,0 +1,70 @@
+"""Where the fit's grid comes from: one resolver for ``estimate``, the catalogue and evaluation.
+
+In order: an explicit URI (``--grid``: a store folder, ``s3://`` store or packed ``.npz``); the
+store the model bundle records (``grid_uri`` in its manifest) when it is reachable; the packed
+grid shipped in ``survey_estimator/data/grids/<grid_id>.npz``; a finished store with the bundle's
+grid id under ``<cache>/grids/``. None when nothing matches: the network's estimate is then
+the result (``method`` = "network") and a warning says why.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def shipped_grid(grid_id: str) -> str | None:
+    """Path of the packed grid shipped for ``grid_id``, or None."""
+    path = resources.files("survey_estimator.data").joinpath("grids").joinpath(f"{grid_id}.npz")
+    return str(path) if path.is_file() else None
+
+
+def _cached_store(grid_id: str) -> str | None:
+    from ..synth.sources import cache_dir
+
+    root = cache_dir() / "grids"
+    for manifest in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        try:
+            same = json.loads(manifest.read_text()).get("grid_id") == grid_id
+        except (OSError, ValueError):
+            continue
+        if same and (manifest.parent / "nodes.parquet").is_file():
+            return str(manifest.parent)
+    return None
+
+
+def _reachable(uri: str) -> bool:
+    from ..storage import StorageError, resolve
+
+    if uri.endswith(".npz"):
+        return Path(uri).is_file()
+    try:
+        return resolve(uri).join("manifest.json").exists()
+    except (StorageError, OSError, ValueError):
+        return False
+
+
+def resolve_grid(grid_id: str | None, explicit: str | None = None, recorded: str | None = None) -> str | None:
+    """The grid URI the fit should use (see the module docstring), or None."""
+    if explicit:
+        return explicit
+    if recorded and _reachable(recorded):
+        return recorded
+    if grid_id:
+        for found in (shipped_grid(grid_id), _cached_store(grid_id)):
+            if found:
+                return found
+    log.warning("no grid with id %s is reachable (give --grid): estimates come from the network alone", grid_id)
+    return None
+
+
+def load_forward_model(uri: str, device: str = "cpu", progress: bool = True):
+    """The :class:`~survey_estimator.forward.ForwardModel` of a grid URI (store or packed .npz)."""
+    from ..forward import ForwardModel
+    from ..synth.packed import load_packed
+
+    grid = load_packed(uri) if str(uri).endswith(".npz") else uri
+    return ForwardModel.from_grid(grid, device=device, progress=progress)

@@ -1,0 +1,199 @@
+"""The forward model, the likelihood fit and the Cramer-Rao bound on the tiny analytic grid."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from survey_estimator.fit import FitConfig, Fitter, FitFlag, cramer_rao, fit_spectra
+from survey_estimator.fit.bound import noise_variance
+from survey_estimator.forward import ForwardConfig, ForwardModel
+from survey_estimator.sampling.interpolation import GridInterpolator
+from survey_estimator.sampling.spectrum import SpectrumRenderer
+from survey_estimator.synth.store import GridStore
+
+INSIDE = np.array([[5310.0, 4.35, -0.2, 6.3], [5720.0, 4.8, -0.4, 11.1], [5100.0, 4.1, -0.05, 3.2]])
+
+
+@pytest.fixture(scope="module")
+def dense(tiny_grid):
+    return GridStore(tiny_grid).load_dense()
+
+
+@pytest.fixture(scope="module")
+def model(dense) -> ForwardModel:
+    return ForwardModel.from_interpolator(GridInterpolator.from_dense(dense), cache=False, progress=False)
+
+
+def _observe(model, labels, rv, snr=None, seed=0, tilt=0.04):
+    """Noisy (or noiseless) normalised observations with a per-order continuum tilt and RV."""
+    g = torch.Generator().manual_seed(seed)
+    spec = model.spectra(torch.as_tensor(labels), torch.as_tensor(rv)).double()
+    x = torch.linspace(-1, 1, spec.shape[-1], dtype=torch.float64)
+    cont = 1 + tilt * torch.randn(spec.shape[0], spec.shape[1], 1, generator=g, dtype=torch.float64) * x
+    obs = spec * cont
+    var = noise_variance(obs, snr if snr else 1e4)
+    if snr:
+        obs = obs + torch.randn(obs.shape, generator=g, dtype=torch.float64) * var.sqrt()
+    return obs.numpy(), var.numpy(), np.ones(obs.shape, bool)
+
+
+def test_table_without_macroturbulence_is_the_sampler_renderer_at_nodes(dense):
+    interp = GridInterpolator.from_dense(dense)
+    fm = ForwardModel.from_interpolator(interp, ForwardConfig(macroturbulence=False), cache=False, progress=False)
+    labels = torch.tensor([[5250.0, 4.5, 0.0, 4.0], [6000.0, 4.0, -0.5, 0.0]], dtype=torch.float64)
+    ours = fm.spectra(labels).double()
+    ref = SpectrumRenderer(interp)(labels.float(), 1.0).double()
+    assert float((ours - ref).abs().max()) < 2e-5
+
+
+def test_macroturbulence_broadens_lines_and_keeps_the_continuum(dense):
+    interp = GridInterpolator.from_dense(dense)
+    plain = ForwardModel.from_interpolator(interp, ForwardConfig(macroturbulence=False), cache=False, progress=False)
+    fm = ForwardModel.from_interpolator(interp, cache=False, progress=False)
+    lab = torch.tensor([[5500.0, 4.5, 0.0, 0.0]], dtype=torch.float64)
+    a, b = plain.spectra(lab)[0], fm.spectra(lab)[0]
+    sharpness = lambda s: float(torch.diff(s, dim=-1).abs().mean())  # noqa: E731
+    assert sharpness(b) < 0.97 * sharpness(a)  # broader lines (the analytic lines are wide already)
+    assert abs(float(b.mean()) - float(a.mean())) < 2e-3  # equivalent widths kept
+
+
+def test_jacobian_matches_finite_differences(model):
+    labels = torch.as_tensor(INSIDE)
+    rv = torch.tensor([0.4, -1.2, 2.0], dtype=torch.float64)
+    _, jac = model.spectra_and_jacobian(labels, rv)
+    for a, h in enumerate((0.5, 1e-3, 1e-3, 1e-2)):
+        d = torch.zeros(4, dtype=torch.float64)
+        d[a] = h
+        fd = (model.spectra(labels + d, rv).double() - model.spectra(labels - d, rv).double()) / (2 * h)
+        scale = float(jac[:, a].abs().max())
+        assert scale > 0 and float((fd - jac[:, a]).abs().max()) < 2e-3 * scale + 1e-6, a
+    fd = (model.spectra(labels, rv + 0.01).double() - model.spectra(labels, rv - 0.01).double()) / 0.02
+    assert float((fd - jac[:, 4]).abs().max()) < 0.02 * float(jac[:, 4].abs().max())
+
+
+def test_degraded_resolution_broadens_the_model(model):
+    lab = torch.as_tensor(INSIDE[:1])
+    sharp, soft = model.spectra(lab)[0], model.spectra(lab, resolution=30000.0)[0]
+    assert float(torch.diff(soft, dim=-1).abs().mean()) < 0.9 * float(torch.diff(sharp, dim=-1).abs().mean())
+
+
+def test_fit_recovers_noiseless_labels_exactly(model):
+    y, var, mask = _observe(model, INSIDE, [0.5, -0.8, 1.5])
+    start = INSIDE + np.array([120.0, 0.15, 0.1, 1.5])
+    res = Fitter(model, FitConfig(model_error=0.0)).fit(y, var, mask, start)
+    assert res.converged.all()
+    assert np.all(np.abs(res.labels - INSIDE) < 1e-3 * np.array([250, 0.5, 0.5, 2.0])), res.labels - INSIDE
+    np.testing.assert_allclose(res.rv, [0.5, -0.8, 1.5], atol=1e-3)
+    assert (res.flags == 0).all()
+
+
+def test_fit_errors_match_the_bound_on_noisy_spectra(model):
+    rng = np.random.default_rng(3)
+    n, snr = 24, 60.0
+    labels = np.column_stack([rng.uniform(5050, 5950, n), rng.uniform(4.05, 4.95, n), rng.uniform(-0.45, -0.05, n),
+                              rng.uniform(3, 20, n)])
+    rv = rng.uniform(-1, 1, n)
+    y, var, mask = _observe(model, labels, rv, snr=snr, seed=5)
+    start = labels + rng.normal(size=(n, 4)) * [60, 0.1, 0.05, 1.0]
+    res = fit_spectra(Fitter(model), y, var, mask, start)
+    bound = cramer_rao(model, labels, snr * np.ones(n), rv)[:, :4]
+    pull = (res.labels - labels) / res.sigma
+    ratio = np.sqrt(np.mean(((res.labels - labels) / bound) ** 2, axis=0))
+    assert np.all(ratio < 1.6), ratio  # at the noise limit
+    assert np.all(np.abs(np.std(pull, axis=0) - 1) < 0.45), np.std(pull, axis=0)  # honest sigmas
+    assert np.all(res.model_error == 0) and np.all(np.abs(res.chi2_red - 1) < 0.05)
+
+
+def test_fisher_matrix_against_finite_differences(model):
+    """The bound from the normal equations equals a brute-force Fisher matrix built from finite
+    differences of the full model (labels, RV and the 8 x 3 continuum coefficients)."""
+    from survey_estimator.fit import continuum
+
+    lab = torch.as_tensor(INSIDE[:1])
+    snr = 80.0
+    spec = model.spectra(lab).double()[0]
+    var = noise_variance(spec[None], snr)[0]
+    basis = continuum.design(spec.shape[-1])
+    O = spec.shape[0]
+    cols = []
+    for a, h in enumerate((1.0, 2e-3, 2e-3, 2e-2)):
+        d = torch.zeros(4, dtype=torch.float64)
+        d[a] = h
+        cols.append(((model.spectra(lab + d).double() - model.spectra(lab - d).double())[0] / (2 * h)).reshape(-1))
+    cols.append(((model.spectra(lab, 0.01).double() - model.spectra(lab, -0.01).double())[0] / 0.02).reshape(-1))
+    for o in range(O):
+        for p in range(basis.shape[0]):
+            c = torch.zeros_like(spec)
+            c[o] = spec[o] * basis[p]
+            cols.append(c.reshape(-1))
+    J = torch.stack(cols, 1)
+    F = J.T @ (J / var.reshape(-1, 1))
+    brute = torch.sqrt(torch.diagonal(torch.linalg.inv(F))[:5]).numpy()
+    ours = cramer_rao(model, INSIDE[:1], snr)[0]
+    np.testing.assert_allclose(ours, brute, rtol=0.02)
+    np.testing.assert_allclose(cramer_rao(model, INSIDE[:1], 2 * snr)[0], ours / 2, rtol=1e-6)
+
+
+def test_poor_fit_on_a_star_the_grid_cannot_describe(model):
+    y, var, mask = _observe(model, INSIDE[:2], [0.0, 0.0], snr=100.0, seed=9)
+    rng = np.random.default_rng(0)
+    px = np.arange(y.shape[-1])
+    for o in range(y.shape[1]):  # 40 strong lines per order the grid does not have
+        for c in rng.uniform(0, y.shape[-1], 40):
+            y[:, o] *= 1 - 0.5 * np.exp(-0.5 * ((px - c) / 3.0) ** 2)
+    res = Fitter(model).fit(y, var, mask, INSIDE[:2])
+    assert np.all(res.flags & int(FitFlag.POOR_FIT)), res.model_error
+    assert np.all(res.chi2_red > 5)
+    # a star the grid describes keeps eps = 0 and no flag
+    y2, var2, mask2 = _observe(model, INSIDE[:2], [0.0, 0.0], snr=100.0, seed=9)
+    assert np.all(Fitter(model).fit(y2, var2, mask2, INSIDE[:2]).flags == 0)
+
+
+def test_grid_edge_and_missing_corner_flags(dense):
+    valid = dense.valid.copy()
+    valid[-1, -1, -1] = False  # a node without a spectrum, as in the hot low-gravity corner
+    holey = type(dense)(np.where(valid[..., None], dense.flux, np.nan), valid, dense.axes, dense.wave, dense.grid_id)
+    fm = ForwardModel.from_interpolator(GridInterpolator.from_dense(holey), cache=False, progress=False)
+    assert bool(fm.inside(torch.tensor([[5300.0, 4.3, -0.3, 5.0]]))[0])
+    assert not bool(fm.inside(torch.tensor([[5900.0, 4.9, -0.1, 5.0]]))[0])
+    truth = np.array([[5000.0, 4.5, -0.2, 5.0], [5500.0, 4.5, -0.2, 5.0]])  # on the Teff edge, inside
+    y, var, mask = _observe(fm, truth, [0.0, 0.0])
+    res = Fitter(fm).fit(y, var, mask, truth + [200.0, 0, 0, 0])
+    assert res.flags[0] & int(FitFlag.AT_GRID_EDGE) and not res.flags[1] & int(FitFlag.AT_GRID_EDGE)
+
+
+def test_table_cache_round_trip(tiny_grid, monkeypatch, tmp_path):
+    monkeypatch.setenv("SURVEY_ESTIMATOR_CACHE", str(tmp_path))
+    first = ForwardModel.from_grid(tiny_grid, progress=False)
+    files = list((tmp_path / "forward").glob("*.npy"))
+    assert len(files) == 1
+    again = ForwardModel.from_grid(tiny_grid, progress=False)
+    assert torch.equal(first.table, again.table)
+    lab = torch.as_tensor(INSIDE)
+    assert float((first.spectra(lab) - again.spectra(lab)).abs().max()) == 0.0
+
+
+def test_packed_grid_reproduces_the_store(tiny_grid, tmp_path, monkeypatch):
+    from survey_estimator.fit.grid import resolve_grid, shipped_grid
+    from survey_estimator.synth.packed import load_packed, pack_grid
+
+    out = tmp_path / "g.npz"
+    summary = pack_grid(tiny_grid, out)
+    dense = GridStore(tiny_grid).load_dense()
+    packed = load_packed(out)
+    assert packed.grid_id == dense.grid_id and summary["rms"] < 1e-3
+    assert np.array_equal(packed.valid, dense.valid)
+    assert float(np.sqrt(np.nanmean((packed.flux - dense.flux) ** 2))) < 1e-3
+    # resolution order: explicit, then the recorded store, then the shipped grid, then the cache, else None
+    monkeypatch.setenv("SURVEY_ESTIMATOR_CACHE", str(tmp_path / "cache"))
+    assert resolve_grid(dense.grid_id, explicit=str(out), recorded=tiny_grid) == str(out)
+    assert resolve_grid(dense.grid_id, recorded=tiny_grid) == tiny_grid
+    assert resolve_grid("49b7d6d59246", recorded=str(tmp_path / "gone")) == shipped_grid("49b7d6d59246")
+    assert shipped_grid("49b7d6d59246") is not None
+    assert resolve_grid("000000000000", recorded=str(tmp_path / "gone")) is None
+    cached = tmp_path / "cache" / "grids" / "mine"
+    import shutil
+
+    shutil.copytree(tiny_grid, cached)
+    assert resolve_grid(dense.grid_id, recorded=str(tmp_path / "gone")) == str(cached)
