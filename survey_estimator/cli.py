@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "catalogue": "catalogue",
     "query": "query",
     "estimate": "estimate",
+    "crb": "crb",
     "register": "register",
     "demo": "demo",
 }

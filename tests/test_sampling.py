@@ -189,8 +189,8 @@ def test_splits_are_disjoint_isolated_and_deterministic(dense):
 
 def test_training_never_touches_held_out_nodes(sampler, dense):
     split = sampler.split
-    train = sampler.train_renderer.interpolator
-    full = sampler.renderer.interpolator
+    train = sampler.train_interpolator
+    full = sampler.interpolator
     held = split.held_out
     assert len(held) >= 2
     held_rows = {int(full.index_map[tuple(i)]) for i in held}
@@ -235,7 +235,7 @@ def test_sample_batch_contract(sampler):
 def test_noiseless_unblazed_render_is_the_normalised_spectrum(sampler):
     labels = torch.tensor([[5400.0, 4.2, -0.3, 8.0], [5900.0, 4.9, -0.1, 0.0]])
     b = sampler.render(labels, snr=None, rv=1.5, blaze=False, mask=False)
-    spec = sampler.renderer(labels, doppler_factors(torch.tensor([1.5, 1.5])))
+    spec = sampler.forward.spectra(labels, torch.tensor([1.5, 1.5])).float()
     norm, m = normalise_orders(spec, torch.ones_like(spec, dtype=torch.bool))
     torch.testing.assert_close(b.x, model_input(norm, m), atol=1e-5, rtol=0)
     torch.testing.assert_close(b.x, b.clean, atol=1e-5, rtol=0)

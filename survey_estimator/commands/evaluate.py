@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=None,
                    help="node split seed (default: the one the bundle was trained with, else 0)")
     p.add_argument("--seed", type=int, default=12345, help="random stream of the test spectra")
+    p.add_argument("--fit-n", type=int, default=200, help="spectra per S/N also fitted by the likelihood fit and scored "
+                   "against the Cramer-Rao bound (0: the network alone)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="directory for figures, report.md, scores.json")
     p.add_argument("--log", action="store_true", help="log the evaluation as an MLflow run")
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             teff_range=tuple(args.teff_range) if args.teff_range else None, use_dae=args.use_dae,
             fit_calibration=args.refit_calibration, calibration_snr=tuple(args.calibration_snr),
             split_seed=args.split_seed if args.split_seed is not None else _trained_split_seed(bundle), seed=args.seed,
+            fit_n=args.fit_n,
         )
         report = evaluate_bundle(bundle, args.grid, cfg)
         if cfg.fit_calibration:

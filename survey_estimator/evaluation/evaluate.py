@@ -1,4 +1,5 @@
-"""Score a model bundle on held-out grid nodes at fixed S/N, the way the seed measured its models.
+"""Score a model bundle on held-out grid nodes at fixed S/N, the way the seed measured its models,
+and the likelihood fit started from it, both against the Cramer-Rao bound.
 
 For each S/N in ``EvalConfig.snrs``: ``n`` spectra at the test nodes (labels never seen in training,
 exact synthetic spectra, random v sin i, RV, shapes, masks, noise at that S/N), predicted by the
@@ -6,6 +7,12 @@ bundle; scored raw (network sigmas) and calibrated (sigmas times per-label facto
 are either fitted on validation nodes (``fit_calibration``; S/N drawn over the whole range given)
 or the bundle's stored ones. Figures: residuals (Fig. 3), sigma vs label (Fig. 4), coverage, and
 attention maps over one spectrum (Fig. 5) for attention nets.
+
+With ``fit_n`` > 0, ``fit_n`` more spectra per S/N at labels inside the grid's cells
+(:func:`fit_set`) are estimated by the network and then by the likelihood fit
+(:mod:`survey_estimator.fit`, with the sampler's own forward model), and both are scored against
+each spectrum's Cramer-Rao bound (its own variance, mask and nuisances): RMS / bound per label,
+and the fit's coverage with its inverse-Fisher sigmas.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from tqdm import tqdm
 from ..labels import LABEL_NAMES
 from ..sampling import Sampler, SamplerConfig
 from . import plots
-from .metrics import Scores, coverage_table, fit_calibration_scales, mae_table, score
+from .metrics import BoundScores, Scores, bound_scores, bound_table, coverage_table, fit_calibration_scales, mae_table, score
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,8 @@ class EvalConfig:
     val_fraction: float = SamplerConfig.val_fraction
     test_fraction: float = SamplerConfig.test_fraction
     seed: int = 12345
+    fit_n: int = 0
+    """Spectra per set also fitted by the likelihood fit and scored against the bound (0: none)."""
 
 
 @dataclass
@@ -70,6 +79,20 @@ class PredictionSet:
 
 
 @dataclass
+class FitSet:
+    """The likelihood fit of a set's first spectra, with their Cramer-Rao bounds ((n, 4) arrays)."""
+
+    true: np.ndarray
+    network: np.ndarray
+    mean: np.ndarray
+    sigma: np.ndarray
+    bound: np.ndarray
+    chi2_red: np.ndarray
+    flags: np.ndarray
+    seconds_per_spectrum: float
+
+
+@dataclass
 class EvaluationReport:
     """Scores per test set, raw and calibrated, with the calibration factors (4,)."""
 
@@ -80,16 +103,28 @@ class EvaluationReport:
     calibrated: dict[str, Scores] = field(default_factory=dict)
     sigma_limit: np.ndarray | None = None
     """(4,) largest calibrated sigma on the calibration (validation) set, when it was fitted."""
+    fits: dict[str, FitSet] = field(default_factory=dict)
+    bounds: dict[str, "BoundScores"] = field(default_factory=dict)
+    """'S/N 20, network' / 'S/N 20, fit' -> errors against the bound."""
+    fit_scores: dict[str, Scores] = field(default_factory=dict)
     attention: dict | None = None
     """{"wave": (8, 4096), "flux": (8, 4096), "maps": (3, 8, 4096), "labels": (4,)} for attention nets."""
 
     def markdown(self) -> str:
         cal = ", ".join(f"{n} x{s:.3f}" for n, s in zip(LABEL_NAMES, self.calibration))
-        return "\n\n".join([
+        parts = [
             "### MAE per label (test nodes)", mae_table(self.raw),
             "### Within 1 / 2 sigma, raw network sigmas", coverage_table(self.raw),
             f"### Within 1 / 2 sigma, calibrated ({self.calibration_source}: {cal})", coverage_table(self.calibrated),
-        ])
+        ]
+        if self.fits:
+            speed = ", ".join(f"{k}: {1e3 * f.seconds_per_spectrum:.0f} ms" for k, f in self.fits.items())
+            parts += ["### Network and likelihood fit against the Cramer-Rao bound (RMS error / median bound = RMS of error/bound)",
+                      bound_table(self.bounds),
+                      "### MAE of the likelihood fit", mae_table(self.fit_scores),
+                      "### Within 1 / 2 sigma, the fit's inverse-Fisher sigmas (raw)", coverage_table(self.fit_scores),
+                      f"Fit wall time per spectrum (this process): {speed}."]
+        return "\n\n".join(parts)
 
     def flat_metrics(self) -> dict[str, float]:
         """``test_snr20/mae_teff``-style scalars (raw and ``..._cal``), and the calibration factors."""
@@ -100,6 +135,10 @@ class EvaluationReport:
             c = s.flat(f"{_slug(key)}/")
             out.update({f"{k}_cal": v for k, v in c.items() if "within" in k or "sigma" in k})
         out.update({f"calibration/{n}": float(v) for n, v in zip(LABEL_NAMES, self.calibration)})
+        for key, b in self.bounds.items():
+            out.update({f"{_slug(key)}/rms_over_bound_{n}": float(v) for n, v in zip(LABEL_NAMES, b.rms_over_bound)})
+        for key, sc in self.fit_scores.items():
+            out.update(sc.flat(f"{_slug(key)}_fit/"))
         if self.sigma_limit is not None:
             out.update({f"sigma_limit/{n}": float(v) for n, v in zip(LABEL_NAMES, self.sigma_limit)})
         return out
@@ -125,9 +164,16 @@ class EvaluationReport:
             files.append(plots.attention_plot(a["wave"], a["flux"], a["maps"], out / "attention.png",
                                               title="attention maps, " + ", ".join(f"{n}={v:.4g}" for n, v in zip(LABEL_NAMES, a["labels"]))))
         (out / "report.md").write_text(self.markdown() + "\n")
+        for key, f in self.fits.items():
+            np.savez_compressed(out / f"fit_{_slug(key)}.npz", true=f.true, network=f.network, mean=f.mean, sigma=f.sigma,
+                                bound=f.bound, chi2_red=f.chi2_red, flags=f.flags)
+            files.append(out / f"fit_{_slug(key)}.npz")
+            files.append(plots.residual_plot(f.true, f.mean, out / f"residuals_fit_{_slug(key)}.png", title=f"fit residuals, {key}"))
         scores = {"calibration": dict(zip(LABEL_NAMES, self.calibration.tolist())), "calibration_source": self.calibration_source,
                   "raw": {k: s.to_dict() for k, s in self.raw.items()},
-                  "calibrated": {k: s.to_dict() for k, s in self.calibrated.items()}}
+                  "calibrated": {k: s.to_dict() for k, s in self.calibrated.items()},
+                  "bound": {k: s.to_dict() for k, s in self.bounds.items()},
+                  "fit": {k: s.to_dict() for k, s in self.fit_scores.items()}}
         (out / "scores.json").write_text(json.dumps(scores, indent=1))
         files += [out / "report.md", out / "scores.json"]
         return files
@@ -176,6 +222,47 @@ def predict_set(bundle, sampler: Sampler, split: str, n: int, snr_range: tuple[f
                          np.concatenate(true), np.concatenate(mean), np.concatenate(sig))
 
 
+def fit_set(bundle, sampler: Sampler, snr: float, cfg: EvalConfig, calibration: np.ndarray, generator: torch.Generator,
+            batch: int = 32) -> FitSet:
+    """``cfg.fit_n`` spectra at S/N ``snr`` with labels drawn uniformly inside the grid's cells (not
+    at nodes: there the multilinear model has a kink and the bound is ill defined), RV residual
+    uniform in the sampler's range, shapes, masks and noise as in training; the network's estimate
+    (calibrated sigmas decide the extra starts), the likelihood fit from it, and each spectrum's
+    Cramer-Rao bound (its own variance and mask)."""
+    import time
+
+    from ..fit import Fitter, cramer_rao, fit_spectra
+
+    fitter = Fitter(sampler.forward)
+    lo, hi = cfg.teff_range or (-np.inf, np.inf)
+    out: dict[str, list] = {k: [] for k in ("true", "network", "mean", "sigma", "bound", "chi2", "flags")}
+    seconds, got = 0.0, 0
+    while got < cfg.fit_n:
+        labels = sampler.interpolator.draw_labels(4 * batch, generator, sampler.config.vsini_range)
+        labels = labels[(labels[:, 0] >= lo) & (labels[:, 0] <= hi)][: min(batch, cfg.fit_n - got)]
+        if len(labels) == 0:
+            continue
+        r0, r1 = sampler.config.rv_range
+        rv = r0 + (r1 - r0) * torch.rand(len(labels), generator=generator, device=sampler.device)
+        b = sampler.render(labels, snr=snr, rv=rv, generator=generator)
+        pred = bundle.predict(b.x, use_dae=cfg.use_dae, batch_size=cfg.batch_size)
+        t0 = time.perf_counter()
+        res = fit_spectra(fitter, (b.x[:, 0] + 1).cpu().numpy(), b.variance.cpu().numpy(), b.mask.cpu().numpy(),
+                          pred.mean, pred.sigma_raw * calibration)
+        seconds += time.perf_counter() - t0
+        out["bound"].append(cramer_rao(sampler.forward, labels.double().cpu().numpy(), rv=rv.double().cpu().numpy(),
+                                       mask=b.mask.cpu().numpy(), variance=b.variance.cpu().numpy())[:, :4])
+        out["true"].append(labels.double().cpu().numpy())
+        out["network"].append(np.asarray(pred.mean))
+        out["mean"].append(res.labels)
+        out["sigma"].append(res.sigma)
+        out["chi2"].append(res.chi2_red)
+        out["flags"].append(res.flags)
+        got += len(labels)
+    cat = {k: np.concatenate(v) for k, v in out.items()}
+    return FitSet(cat["true"], cat["network"], cat["mean"], cat["sigma"], cat["bound"], cat["chi2"], cat["flags"], seconds / got)
+
+
 def attention_example(bundle, sampler: Sampler, split: str, snr: float, generator: torch.Generator) -> dict | None:
     """Attention maps of one test spectrum (None when the estimator has none)."""
     est = bundle.estimator
@@ -218,5 +305,14 @@ def evaluate_bundle(bundle, grid, cfg: EvalConfig, device: str | torch.device | 
     for key, ps in sets.items():
         report.raw[key] = score(ps.true, ps.mean, ps.sigma_raw)
         report.calibrated[key] = score(ps.true, ps.mean, ps.sigma_raw * scales)
+    if cfg.fit_n > 0:
+        for snr in cfg.snrs:
+            key = f"S/N {snr:g}"
+            f = report.fits[key] = fit_set(bundle, sampler, snr, cfg, scales, g)
+            report.bounds[f"{key}, network"] = bound_scores(f.true, f.network, f.bound)
+            report.bounds[f"{key}, fit"] = bound_scores(f.true, f.mean, f.bound)
+            report.fit_scores[f"{key}, fit"] = score(f.true, f.mean, f.sigma)
+            log.info("%s: fit RMS / bound %s in %.0f ms per spectrum", key,
+                     np.round(report.bounds[f"{key}, fit"].rms_over_bound, 2), 1e3 * f.seconds_per_spectrum)
     report.attention = attention_example(bundle, sampler, cfg.split, cfg.snrs[0], g)
     return report

@@ -120,3 +120,39 @@ def coverage_table(rows: dict[str, Scores]) -> str:
         cells = [f"{100 * a:.1f} / {100 * b:.1f}" for a, b in zip(s.within_1sigma, s.within_2sigma)]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@dataclass
+class BoundScores:
+    """Errors against the Cramer-Rao bound for one prediction set (per-label lists).
+
+    ``rms_over_bound`` is ``sqrt(mean((error / bound)^2))`` over the spectra (1 = at the noise
+    limit of the forward model, whatever the mix of labels and S/N); ``median_bound`` the median
+    per-spectrum bound (physical units)."""
+
+    n: int
+    rms: list[float]
+    median_bound: list[float]
+    rms_over_bound: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bound_scores(true: np.ndarray, mean: np.ndarray, bound: np.ndarray) -> BoundScores:
+    """:class:`BoundScores` of ``mean`` against ``true`` with per-spectrum bounds (N, 4)."""
+    true, mean, bound = _check(true, mean, bound)
+    err = mean - true
+    return BoundScores(int(true.shape[0]), np.sqrt(np.mean(err**2, axis=0)).tolist(), np.median(bound, axis=0).tolist(),
+                       np.sqrt(np.mean((err / bound) ** 2, axis=0)).tolist())
+
+
+def bound_table(rows: dict[str, BoundScores]) -> str:
+    """Markdown table: RMS error, median bound and RMS / bound per label, one row per key."""
+    head = "| set | N | " + " | ".join(f"{n} RMS / bound ({LABEL_UNITS[n]})" for n in LABEL_NAMES) + " |"
+    lines = [head, "|" + "---|" * (len(LABEL_NAMES) + 2)]
+    for key, s in rows.items():
+        cells = [f"{_FMT[n].format(r)} / {_FMT[n].format(b) if b >= 0.01 else f'{b:.4f}'} = **{q:.2f}x**"
+                 for n, r, b, q in zip(LABEL_NAMES, s.rms, s.median_bound, s.rms_over_bound)]
+        lines.append(f"| {key} | {s.n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -20,19 +20,22 @@ def noise_variance(spec: torch.Tensor, snr) -> torch.Tensor:
     return spec.clamp_min(1e-6) / snr**2
 
 
-def cramer_rao(model: ForwardModel, labels, snr, rv=0.0, mask=None, resolution: float | None = None,
-               degree: int = continuum.DEGREE) -> np.ndarray:
+def cramer_rao(model: ForwardModel, labels, snr=None, rv=0.0, mask=None, resolution: float | None = None,
+               degree: int = continuum.DEGREE, variance=None) -> np.ndarray:
     """(B, 5) Cramer-Rao 1-sigma of (Teff K, log g, [M/H], v sin i km/s, RV km/s).
 
     Args:
-        labels: (B, 4) true labels; snr: (B,) or scalar continuum S/N per pixel.
+        labels: (B, 4) true labels; snr: (B,) or scalar continuum S/N per pixel (photon noise of
+            the normalised spectrum, :func:`noise_variance`), unless ``variance`` gives the
+            per-pixel variance (B, O, P) of the normalised flux itself (e.g. a sampled batch's).
         mask: (B, O, P) usable pixels (default all).
     """
     labels = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1, 4)
-    spec, jac = model.spectra_and_jacobian(labels, rv, resolution)
+    spec, jac = model.spectra_and_jacobian(labels, torch.as_tensor(np.asarray(rv, dtype=np.float64)), resolution)
     spec, jac = spec.to(torch.float64), jac.to(torch.float64)
-    mask = torch.ones_like(spec, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
-    w = likelihood.weights(mask, noise_variance(spec, snr), spec, 0.0)
+    mask = torch.ones_like(spec, dtype=torch.bool) if mask is None else torch.as_tensor(np.asarray(mask)).bool()
+    var = noise_variance(spec, snr) if variance is None else torch.as_tensor(np.asarray(variance), dtype=torch.float64)
+    w = likelihood.weights(mask, var, spec, 0.0)
     basis = continuum.design(spec.shape[-1], degree, dtype=torch.float64)
     A, _ = likelihood.normal_equations(spec, w, spec, jac, torch.ones_like(spec), basis)
     cov = likelihood.covariance(A)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import torch
 
-DEGREE = 2
-"""Polynomial degree per order (3 coefficients)."""
+DEGREE = 10
+"""Polynomial degree per order (11 coefficients). Measured on sampled spectra (blaze-like shapes
+through the shared upper-envelope normalisation), the chi^2 / N at the true labels at S/N 200 is
+1.16-1.24 for degree 6, 1.03-1.16 for 8 and 1.00-1.03 for 10 (cosmics aside); degree 10 leaves the
+continuum below the noise at the cost of a slightly larger bound."""
 
 
 def design(n_pixels: int, degree: int = DEGREE, dtype=torch.float64, device="cpu") -> torch.Tensor:
@@ -22,23 +25,24 @@ def design(n_pixels: int, degree: int = DEGREE, dtype=torch.float64, device="cpu
 
 
 def evaluate(coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Continuum (B, O, P) from coefficients (B, O, D) and the (D, P) basis."""
-    return coef @ basis
+    """Continuum (B, O, P) from coefficients (B, O, D) and the (D, P) basis (dtype of the basis)."""
+    return coef.to(basis.dtype) @ basis
 
 
 def solve(y: torch.Tensor, spec: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Weighted least-squares coefficients (B, O, D) of ``y ~ spec * C`` per order.
+    """Weighted least-squares coefficients (B, O, D), float64, of ``y ~ spec * C`` per order.
 
     Args:
-        y, spec, weight: (B, O, P); weight is 0 at masked pixels.
+        y, spec, weight: (B, O, P) (any float dtype: the products run in it, the solve in
+            float64); weight is 0 at masked pixels.
     """
     B, O, P = spec.shape
     D = basis.shape[0]
     sw = torch.sqrt(weight)
-    A = (spec * sw).reshape(B * O, 1, P) * basis[None]  # (B O, D, P) whitened design
-    AtWA = torch.bmm(A, A.transpose(1, 2)).reshape(B, O, D, D)
-    AtWy = torch.bmm(A, (y * sw).reshape(B * O, P, 1)).reshape(B, O, D)
-    eye = torch.eye(D, dtype=A.dtype, device=A.device) * 1e-9
+    A = (spec * sw).reshape(B * O, 1, P) * basis.to(spec.dtype)[None]  # (B O, D, P) whitened design
+    AtWA = torch.bmm(A, A.transpose(1, 2)).reshape(B, O, D, D).to(torch.float64)
+    AtWy = torch.bmm(A, (y * sw).reshape(B * O, P, 1)).reshape(B, O, D).to(torch.float64)
+    eye = torch.eye(D, dtype=torch.float64, device=A.device) * 1e-9 * AtWA.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)[..., None].clamp_min(1e-30)
     coef = torch.linalg.solve(AtWA + eye, AtWy[..., None])[..., 0]
     # orders without data keep a flat continuum of 1
     empty = weight.sum(-1) <= 0

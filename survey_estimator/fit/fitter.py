@@ -2,9 +2,10 @@
 
 For each spectrum (:func:`fit_spectra`):
 
-1. starts: the network's estimate, plus starts at +-1 sigma in Teff and log g where the network's
-   sigma is wider than half a grid step (``wide_sigma_steps``); all starts are fitted in one batch
-   and the one with the lowest chi^2 is kept;
+1. starts: the network's estimate; where that fit is suspect (chi^2 above the noise, on a grid
+   edge, not converged) and the network's sigma is wider than half a grid step
+   (``wide_sigma_steps``), four more at +-1 sigma in Teff and log g, and the fit with the lowest
+   chi^2 is kept;
 2. Levenberg-Marquardt over the five non-linear parameters (Teff, log g, [M/H], v sin i, RV) and
    the per-order continuum, with the continuum re-solved linearly at every trial point; labels
    stay inside the model's bounds (projected steps);
@@ -12,7 +13,11 @@ For each spectrum (:func:`fit_spectra`):
    describe the star to the noise level, as for every real star at high S/N), the relative
    model-error eps that brings the reduced chi^2 to 1 is solved for and the fit is repeated with
    ``var + (eps m)^2``; a spectrum the forward model describes keeps eps = 0;
-4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised).
+   isolated outliers (cosmics, bad pixels: residuals beyond ``clip_sigma``) are masked and the
+   fit repeated;
+4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised); where a
+   model error was needed, multiplied by the correlation length of the whitened residuals
+   (:func:`correlation_length`), since model errors are correlated over a line width.
 
 Flags (:class:`FitFlag`): FIT_FAILED (non-finite or singular), POOR_FIT (eps above
 ``poor_fit_model_error``: the star is not like the grid), AT_GRID_EDGE (Teff, log g or [M/H] ends
@@ -63,6 +68,11 @@ class FitConfig:
         wide_sigma_steps: extra starts where the network's sigma exceeds this many grid steps.
         rv_limit: |RV residual| bound in km/s.
         chunk: spectra per batch (memory: ~10 MB per spectrum).
+        degree: per-order continuum polynomial degree.
+        clip_sigma: pixels whose residual exceeds this many sigmas after the first pass (cosmics,
+            bad pixels the mask missed) are masked, with their neighbours, for the final pass.
+        precision: dtype of the per-pixel work ("float32"; the normal equations are solved in
+            float64 either way).
     """
 
     max_iterations: int = 25
@@ -74,6 +84,8 @@ class FitConfig:
     rv_limit: float = 15.0
     chunk: int = 32
     degree: int = continuum.DEGREE
+    clip_sigma: float = 5.0
+    precision: str = "float32"
 
 
 @dataclass
@@ -86,6 +98,8 @@ class FitResult:
         rv: (B,) km/s RV residual; rv_sigma (B,).
         chi2_red: (B,) reduced chi^2 with the noise alone (1 for a spectrum the model describes).
         model_error: (B,) relative model error used in the likelihood (0 when none was needed).
+        correlation_length: (B,) pixels over which the whitened residuals are correlated (1 when
+            the model describes the spectrum); the covariance is multiplied by it.
         converged: (B,) bool; iterations: (B,) LM iterations used (all passes).
         flags: (B,) :class:`FitFlag` bits; dof: (B,) degrees of freedom.
     """
@@ -96,6 +110,7 @@ class FitResult:
     rv_sigma: np.ndarray
     chi2_red: np.ndarray
     model_error: np.ndarray
+    correlation_length: np.ndarray
     converged: np.ndarray
     iterations: np.ndarray
     flags: np.ndarray
@@ -127,7 +142,8 @@ class Fitter:
         self.model = model
         self.config = config or FitConfig()
         O, P = model.shape
-        self.basis = continuum.design(P, self.config.degree, dtype=torch.float64, device=model.device)
+        self.work = getattr(torch, self.config.precision)
+        self.basis = continuum.design(P, self.config.degree, dtype=self.work, device=model.device)
         self.scale = torch.as_tensor(THETA_SCALE, dtype=torch.float64, device=model.device)
         self.lo = torch.as_tensor([*model.lo, -self.config.rv_limit], dtype=torch.float64, device=model.device)
         self.hi = torch.as_tensor([*model.hi, self.config.rv_limit], dtype=torch.float64, device=model.device)
@@ -135,7 +151,7 @@ class Fitter:
     # -- one pass of Levenberg-Marquardt ---------------------------------------------------------
     def _evaluate(self, theta, y, w, resolution) -> _State:
         spec, jac = self.model.spectra_and_jacobian(theta[:, :4], theta[:, 4], resolution)
-        spec, jac = spec.to(torch.float64), jac.to(torch.float64)
+        spec, jac = spec.to(self.work), jac.to(self.work)
         coef = continuum.solve(y, spec, w, self.basis)
         chi2 = likelihood.chi2(y, spec * continuum.evaluate(coef, self.basis), w)
         return _State(theta, spec, jac, coef, chi2)
@@ -189,8 +205,8 @@ class Fitter:
     def _fit_chunk(self, y, var, mask, start, resolution) -> FitResult:
         cfg = self.config
         dev = self.model.device
-        y = torch.nan_to_num(y.to(dev, torch.float64), nan=1.0)
-        var = var.to(dev, torch.float64)
+        y = torch.nan_to_num(y.to(dev, self.work), nan=1.0)
+        var = var.to(dev, self.work)
         mask = mask.to(dev).bool() & torch.isfinite(var) & (var > 0)
         B = y.shape[0]
         theta = torch.zeros(B, N_THETA, dtype=torch.float64, device=dev)
@@ -203,25 +219,35 @@ class Fitter:
         orders_used = (mask.sum(dim=2) > 0).sum(dim=1)
         dof = (n_used - N_THETA - orders_used * self.basis.shape[0]).clamp_min(1).to(torch.float64)
         model = st.spec * continuum.evaluate(st.coef, self.basis)
+        eps = torch.full((B,), eps0, dtype=torch.float64, device=dev)
+        # isolated outliers (cosmics, bad pixels the mask missed): masked when they are few
+        mask, again = self._clip(y, model, var, eps, mask, max_fraction=0.002)
+        if again.any():
+            st, iters, conv = self._refit(st, iters, conv, again, y, likelihood.weights(mask, var, model, eps), resolution)
+            model[again] = st.spec[again] * continuum.evaluate(st.coef[again], self.basis)
         w_noise = likelihood.weights(mask, var, model, 0.0)
         chi2_red = likelihood.chi2(y, model, w_noise) / dof
-        eps = torch.full((B,), eps0, dtype=torch.float64, device=dev)
         if cfg.model_error == "auto":
             need = chi2_red > 1 + 4 * torch.sqrt(2 / dof)
             if need.any():
                 idx = torch.nonzero(need)[:, 0]
-                eps[idx] = _solve_model_error(y[idx], var[idx], mask[idx], model[idx], dof[idx])
-                w2 = likelihood.weights(mask[idx], var[idx], model[idx], eps[idx])
-                st2, it2, conv2 = self._lm(st.theta[idx], y[idx], w2, resolution)
-                for name in ("theta", "spec", "jac", "coef", "chi2"):
-                    getattr(st, name)[idx] = getattr(st2, name)
-                iters[idx] += it2
-                conv[idx] = conv2
+                eps[idx] = _solve_model_error(y[idx], var[idx], mask[idx], model[idx], dof[idx]).to(eps.dtype)
+                # outliers beyond the noise AND the model error, then the fit with both
+                mask, _ = self._clip(y, model, var, eps, mask, max_fraction=1.0, rows=need)
+                w_noise = likelihood.weights(mask, var, model, 0.0)
+                st, iters, conv = self._refit(st, iters, conv, need, y, likelihood.weights(mask, var, model, eps), resolution)
                 model[idx] = st.spec[idx] * continuum.evaluate(st.coef[idx], self.basis)
                 chi2_red[idx] = likelihood.chi2(y[idx], model[idx], w_noise[idx]) / dof[idx]
         w_final = likelihood.weights(mask, var, model, eps)
         A, _ = likelihood.normal_equations(y, w_final, st.spec, st.jac, continuum.evaluate(st.coef, self.basis), self.basis)
         cov5 = likelihood.covariance(A)
+        # a model error is not white: its residuals come in line-wide features, so N pixels hold
+        # only ~N / L independent ones and the covariance grows by the correlation length L
+        corr = torch.ones(B, dtype=torch.float64, device=dev)
+        if (eps > 0).any():
+            idx = torch.nonzero(eps > 0)[:, 0]
+            corr[idx] = correlation_length((y[idx] - model[idx]) * torch.sqrt(w_final[idx]), mask[idx]).to(corr.dtype)
+            cov5 = cov5 * corr[:, None, None]
         flags = self._flags(st.theta, cov5, eps)
         return FitResult(
             labels=st.theta[:, :4].cpu().numpy(),
@@ -230,11 +256,36 @@ class Fitter:
             rv_sigma=torch.sqrt(cov5[:, 4, 4]).cpu().numpy(),
             chi2_red=chi2_red.cpu().numpy(),
             model_error=eps.cpu().numpy(),
+            correlation_length=corr.cpu().numpy(),
             converged=conv.cpu().numpy(),
             iterations=iters.cpu().numpy(),
             flags=flags,
             dof=dof.cpu().numpy(),
         )
+
+    def _refit(self, st: _State, iters, conv, rows: torch.Tensor, y, w, resolution):
+        """Run LM again for the spectra ``rows`` (B,) bool from their current optimum with weights ``w``."""
+        idx = torch.nonzero(rows)[:, 0]
+        st2, it2, conv2 = self._lm(st.theta[idx], y[idx], w[idx], resolution)
+        for name in ("theta", "spec", "jac", "coef", "chi2"):
+            getattr(st, name)[idx] = getattr(st2, name)
+        iters[idx] += it2
+        conv[idx] = conv2
+        return st, iters, conv
+
+    def _clip(self, y, model, var, eps, mask, max_fraction: float, rows: torch.Tensor | None = None):
+        """Mask pixels (and their neighbours) whose residual exceeds ``clip_sigma`` of the noise
+        plus model error, in spectra where they are at most ``max_fraction`` of the usable pixels.
+        Returns (new mask, (B,) bool: spectra that lost pixels)."""
+        w = likelihood.weights(mask, var, model, eps)
+        bad = (torch.nan_to_num(y - model).abs() * torch.sqrt(w) > self.config.clip_sigma) & mask
+        bad = torch.nn.functional.max_pool1d(bad.to(y.dtype).reshape(-1, 1, bad.shape[-1]), 3, 1, 1).reshape(bad.shape) > 0
+        bad &= mask
+        n_bad = bad.sum(dim=(1, 2))
+        take = (n_bad > 0) & (n_bad <= max_fraction * mask.sum(dim=(1, 2)))
+        if rows is not None:
+            take &= rows
+        return mask & ~(bad & take[:, None, None]), take
 
     def _flags(self, theta, cov5, eps) -> np.ndarray:
         t = theta.cpu().numpy()
@@ -254,54 +305,87 @@ class Fitter:
         return flags
 
 
+def correlation_length(resid: torch.Tensor, mask: torch.Tensor, max_lag: int = 64) -> torch.Tensor:
+    """(B,) integrated autocorrelation length (pixels) of whitened residuals (B, O, P):
+    ``1 + 2 sum_k rho_k``, summed over lags until rho first drops below zero (at most ``max_lag``),
+    rho_k pooled over the orders from usable pixel pairs. 1 for white noise."""
+    r = torch.where(mask, resid, torch.zeros_like(resid))
+    m = mask.to(r.dtype)
+    var = (r * r).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp_min(1)
+    total = torch.ones(r.shape[0], dtype=r.dtype, device=r.device)
+    alive = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
+    for k in range(1, max_lag + 1):
+        pairs = (m[..., k:] * m[..., :-k]).sum(dim=(1, 2)).clamp_min(1)
+        rho = (r[..., k:] * r[..., :-k]).sum(dim=(1, 2)) / pairs / var.clamp_min(1e-300)
+        alive &= rho > 0
+        if not alive.any():
+            break
+        total = total + torch.where(alive, 2 * rho, torch.zeros_like(rho))
+    return total.clamp_min(1.0)
+
+
 def _solve_model_error(y, var, mask, model, dof, iterations: int = 40) -> torch.Tensor:
     """(B,) relative model error eps with sum r^2 / (var + eps^2 m^2) = dof (bisection in log eps)."""
     r2 = torch.where(mask, torch.nan_to_num(y - model) ** 2, torch.zeros_like(y))
     m2 = torch.where(mask, model**2, torch.zeros_like(y))
-    lo = torch.full(dof.shape, -10.0, dtype=y.dtype, device=y.device)  # log eps
-    hi = torch.full(dof.shape, 0.0, dtype=y.dtype, device=y.device)
+    lo = torch.full(dof.shape, -10.0, dtype=torch.float64, device=y.device)  # log eps
+    hi = torch.full(dof.shape, 0.0, dtype=torch.float64, device=y.device)
     v = torch.where(mask, var, torch.ones_like(var))
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        e2 = torch.exp(2 * mid)[:, None, None]
-        c = (r2 / (v + e2 * m2)).sum(dim=(1, 2))
+        e2 = torch.exp(2 * mid).to(y.dtype)[:, None, None]
+        c = (r2 / (v + e2 * m2)).sum(dim=(1, 2), dtype=torch.float64)
         too_big = c > dof  # chi^2 still above dof: eps must grow
         lo = torch.where(too_big, mid, lo)
         hi = torch.where(too_big, hi, mid)
     return torch.exp(0.5 * (lo + hi))
 
 
-def starts_from_network(mean: np.ndarray, sigma: np.ndarray | None, wide_sigma_steps: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """First guesses for :meth:`Fitter.fit`: (starts (S, 4), owner (S,) index of the spectrum).
+def extra_starts(mean: np.ndarray, sigma: np.ndarray, wide_sigma_steps: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """More first guesses around the network's estimate: (starts (S, 4), owner (S,) row index).
 
-    Every spectrum starts at the network's mean; where the network's sigma in Teff or log g is
-    wider than ``wide_sigma_steps`` grid steps, four more start at +-1 sigma in each."""
+    Where the network's sigma in Teff or log g is wider than ``wide_sigma_steps`` grid steps, four
+    starts at +-1 sigma in each."""
     mean = np.asarray(mean, dtype=np.float64).reshape(-1, 4)
-    starts, owner = [mean], [np.arange(len(mean))]
-    if sigma is not None:
-        sigma = np.nan_to_num(np.asarray(sigma, dtype=np.float64).reshape(-1, 4))
-        wide = (sigma[:, 0] > wide_sigma_steps * THETA_SCALE[0]) | (sigma[:, 1] > wide_sigma_steps * THETA_SCALE[1])
-        for a in (0, 1):
-            for sign in (-1.0, 1.0):
-                s = mean[wide].copy()
-                s[:, a] += sign * sigma[wide, a]
-                starts.append(s)
-                owner.append(np.flatnonzero(wide))
+    sigma = np.nan_to_num(np.asarray(sigma, dtype=np.float64).reshape(-1, 4))
+    wide = (sigma[:, 0] > wide_sigma_steps * THETA_SCALE[0]) | (sigma[:, 1] > wide_sigma_steps * THETA_SCALE[1])
+    starts, owner = [], []
+    for a in (0, 1):
+        for sign in (-1.0, 1.0):
+            s = mean[wide].copy()
+            s[:, a] += sign * sigma[wide, a]
+            starts.append(s)
+            owner.append(np.flatnonzero(wide))
     return np.concatenate(starts), np.concatenate(owner)
 
 
 def fit_spectra(fitter: Fitter, y, var, mask, nn_mean, nn_sigma=None, resolution: float | None = None) -> FitResult:
-    """Fit B spectra from the network's estimate, with extra starts where it is unsure; the start
-    with the lowest noise-only reduced chi^2 wins for each spectrum (see the module docstring)."""
-    starts, owner = starts_from_network(nn_mean, nn_sigma, fitter.config.wide_sigma_steps)
+    """Fit B spectra from the network's estimate (see the module docstring).
+
+    Spectra whose first fit is suspect (chi^2 above what the noise explains, on a grid edge, or
+    not converged) and whose network sigma is wide are fitted again from :func:`extra_starts`;
+    the start with the lowest noise-only reduced chi^2 wins."""
     y, var, mask = (np.asarray(a) for a in (y, var, mask))
-    res = fitter.fit(y[owner], var[owner], mask[owner], starts, resolution)
+    nn_mean = np.asarray(nn_mean, dtype=np.float64).reshape(-1, 4)
+    res = fitter.fit(y, var, mask, nn_mean, resolution)
+    res.meta["starts"] = len(nn_mean)
+    if nn_sigma is None:
+        return res
+    suspect = (~res.converged | (res.model_error > 0) | (res.flags & int(FitFlag.AT_GRID_EDGE)) > 0)
+    rows = np.flatnonzero(suspect)
+    if rows.size == 0:
+        return res
+    starts, owner = extra_starts(nn_mean[rows], np.asarray(nn_sigma)[rows], fitter.config.wide_sigma_steps)
+    if owner.size == 0:
+        return res
+    owner = rows[owner]
+    more = fitter.fit(y[owner], var[owner], mask[owner], starts, resolution)
+    res.meta["starts"] += len(owner)
     score = np.where(np.isfinite(res.chi2_red), res.chi2_red, np.inf)  # noise-only chi^2: the better fit
-    best = np.full(len(np.asarray(nn_mean).reshape(-1, 4)), -1)
-    for i in range(len(owner)):
-        j = best[owner[i]]
-        if j < 0 or score[i] < score[j]:
-            best[owner[i]] = i
-    out = FitResult(**{k: getattr(res, k)[best] for k in FitResult.__dataclass_fields__ if k != "meta"}, meta=res.meta)
-    out.meta["starts"] = int(len(owner))
-    return out
+    for i, row in enumerate(owner):
+        if np.isfinite(more.chi2_red[i]) and more.chi2_red[i] < score[row]:
+            score[row] = more.chi2_red[i]
+            for k in FitResult.__dataclass_fields__:
+                if k != "meta":
+                    getattr(res, k)[row] = getattr(more, k)[i]
+    return res

@@ -22,6 +22,13 @@ def shipped_grid(grid_id: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
+def default_grid() -> str | None:
+    """The packed grid shipped with the package (the one the shipped network was trained on)."""
+    folder = resources.files("survey_estimator.data").joinpath("grids")
+    found = sorted(str(f) for f in folder.iterdir() if f.name.endswith(".npz")) if folder.is_dir() else []
+    return found[0] if found else None
+
+
 def _cached_store(grid_id: str) -> str | None:
     from ..synth.sources import cache_dir
 

@@ -32,37 +32,40 @@ def weights(mask: torch.Tensor, var: torch.Tensor, model: torch.Tensor, model_er
 
 def chi2(y: torch.Tensor, model: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """(B,) sum of w (y - model)^2 over the usable pixels."""
-    return (w * torch.nan_to_num(y - model) ** 2).sum(dim=(1, 2))
+    return (w * torch.nan_to_num(y - model) ** 2).sum(dim=(1, 2), dtype=torch.float64)
 
 
 def normal_equations(y, w, spec, jac, cont, basis) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton normal matrix and gradient of chi^2 / 2 for ``m = spec * cont``.
 
     Args:
-        y, w, spec, cont: (B, O, P) float64.
+        y, w, spec, cont: (B, O, P), one float dtype (float32 is accurate enough for the sums
+            over 4096 pixels; the result is float64).
         jac: (B, 5, O, P) d spec / d theta in physical units.
         basis: (D, P) continuum basis.
     Returns:
-        (A (B, K, K), g (B, K)) with K = 5 + O D, in the scaled parameters.
+        (A (B, K, K), g (B, K)) float64, with K = 5 + O D, in the scaled parameters.
     """
     B, O, P = spec.shape
     D = basis.shape[0]
-    scale = torch.as_tensor(THETA_SCALE, dtype=spec.dtype, device=spec.device)
+    basis = basis.to(spec.dtype)
+    scale = torch.as_tensor(THETA_SCALE, dtype=torch.float64, device=spec.device)
     sw = torch.sqrt(w)
     rw = (torch.nan_to_num(y - spec * cont) * sw).reshape(B * O, P, 1)  # whitened residual
     mt = (jac * (cont * sw)[:, None]).transpose(1, 2).reshape(B * O, N_THETA, P)  # whitened d m / d theta, per order
     mc = (spec * sw).reshape(B * O, 1, P) * basis[None]  # (B O, D, P) whitened d m / d c
-    a_tt = torch.bmm(mt, mt.transpose(1, 2)).reshape(B, O, N_THETA, N_THETA).sum(1)
-    a_tc = torch.bmm(mt, mc.transpose(1, 2)).reshape(B, O, N_THETA, D).permute(0, 2, 1, 3).reshape(B, N_THETA, O * D)
-    a_cc_blocks = torch.bmm(mc, mc.transpose(1, 2)).reshape(B, O, D, D)
-    a_cc = torch.zeros(B, O * D, O * D, dtype=spec.dtype, device=spec.device)
+    f64 = torch.float64
+    a_tt = torch.bmm(mt, mt.transpose(1, 2)).to(f64).reshape(B, O, N_THETA, N_THETA).sum(1)
+    a_tc = torch.bmm(mt, mc.transpose(1, 2)).to(f64).reshape(B, O, N_THETA, D).permute(0, 2, 1, 3).reshape(B, N_THETA, O * D)
+    a_cc_blocks = torch.bmm(mc, mc.transpose(1, 2)).to(f64).reshape(B, O, D, D)
+    a_cc = torch.zeros(B, O * D, O * D, dtype=f64, device=spec.device)
     for o in range(O):
         a_cc[:, o * D : (o + 1) * D, o * D : (o + 1) * D] = a_cc_blocks[:, o]
     A = torch.cat([torch.cat([a_tt, a_tc], dim=2), torch.cat([a_tc.transpose(1, 2), a_cc], dim=2)], dim=1)
-    g_t = torch.bmm(mt, rw).reshape(B, O, N_THETA).sum(1)
-    g_c = torch.bmm(mc, rw).reshape(B, O * D)
+    g_t = torch.bmm(mt, rw).to(f64).reshape(B, O, N_THETA).sum(1)
+    g_c = torch.bmm(mc, rw).to(f64).reshape(B, O * D)
     # back to the scaled theta (d / d(theta / scale) = scale * d / d theta)
-    s = torch.cat([scale, torch.ones(O * D, dtype=spec.dtype, device=spec.device)])
+    s = torch.cat([scale, torch.ones(O * D, dtype=f64, device=spec.device)])
     return A * s[None, :, None] * s[None, None, :], torch.cat([g_t, g_c], dim=1) * s[None]
 
 

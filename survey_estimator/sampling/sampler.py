@@ -4,13 +4,15 @@ One batch (:meth:`Sampler.sample`) is made in torch on one device, all steps bat
 
 1. labels: uniform over the sampleable cells of the split's grid view (train), or at the
    held-out nodes (val / test; see :mod:`.splits`); v sin i uniform in ``vsini_range``;
-2. trilinear interpolation of the v sin i = 0 grid, Gray rotational broadening;
-3. Doppler shift by an RV residual and resampling into the canonical (8, 4096) layout;
+2-3. THE forward model (:class:`survey_estimator.forward.ForwardModel`: macroturbulence, rotation,
+   interpolation in the four labels, RV residual) in the canonical (8, 4096) layout, the same
+   physics the likelihood fit and the Cramer-Rao bound use;
 4. per-order shapes: the seed's linear slant times blaze-like curves (``blaze=True``);
 5. counts at a log-uniform S/N from ``snr_range`` and photon noise (:mod:`.nuisance` defines
-   S/N), unflagged cosmics, bad-pixel masks;
+   S/N), unflagged cosmics, bad-pixel masks; the variance a reader would estimate (the counts);
 6. THE shared normalisation (:func:`survey_estimator.normalise.normalise_orders`) and
-   :func:`~survey_estimator.normalise.model_input`, as for real spectra.
+   :func:`~survey_estimator.normalise.model_input`, as for real spectra (with the variance of the
+   normalised flux, the fit's noise).
 
 The DAE target ``clean`` is the same spectrum (same labels and RV) without shapes, noise or bad
 pixels, through the same normalisation, with a full mask.
@@ -28,9 +30,7 @@ from ..normalise import model_input, normalise_orders
 from ..synth.store import DenseGrid, GridStore
 from . import nuisance
 from .interpolation import GridInterpolator, dense_rows
-from .resample import doppler_factors
 from .rotation import LIMB_DARKENING
-from .spectrum import SpectrumRenderer
 from .splits import SPLITS, NodeSplit, split_nodes, training_fills
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class Batch:
         snr: (B,) median continuum S/N per pixel (inf when noiseless).
         rv: (B,) km/s RV applied.
         mask: (B, 8, 4096) bool usable pixels of ``x``.
+        variance: (B, 8, 4096) variance of the normalised flux ``x[:, 0] + 1`` (inf where masked).
     """
 
     x: torch.Tensor
@@ -101,6 +102,7 @@ class Batch:
     snr: torch.Tensor
     rv: torch.Tensor
     mask: torch.Tensor
+    variance: torch.Tensor
 
     def to(self, device) -> "Batch":
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -145,9 +147,18 @@ class Sampler:
         split_seed = self.config.seed if self.config.split_seed is None else self.config.split_seed
         fractions = (self.config.val_fraction, self.config.test_fraction) if self.config.holdout else (0.0, 0.0)
         self.split = split_nodes(grid.valid, grid.axes, *fractions, split_seed)
+        from ..forward import ForwardConfig, ForwardModel, row_labels_of
+
         full, train = build_views(grid, self.split, self.device, self.dtype)
-        self.renderer = SpectrumRenderer(full, epsilon=self.config.epsilon, vsini_max=max(self.config.vsini_range[1], VSINI.stop))
-        self.train_renderer = self.renderer.with_interpolator(train)
+        self.interpolator, self.train_interpolator = full, train
+        if self.config.vsini_range[1] > VSINI.stop:
+            raise ValueError(f"v sin i up to {self.config.vsini_range[1]:g} km/s is beyond the forward model's {VSINI.stop:g}")
+        n_rows = full.rows.shape[0]
+        labels = row_labels_of(full.index_map.cpu().numpy(), full.axes, n_rows)
+        fills = row_labels_of(train.index_map.cpu().numpy(), train.axes, n_rows)
+        labels = np.where(np.isnan(labels), fills, labels)
+        self.forward = ForwardModel.from_interpolator(full, ForwardConfig(epsilon=self.config.epsilon), row_labels=labels)
+        self.train_forward = self.forward.with_index_map(train.index_map)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         log.info("sampler on %s: grid %s, %s nodes, %d sampleable training cells", self.device, self.grid_id,
                  self.split.counts(), len(train.sampleable_cells()))
@@ -172,7 +183,7 @@ class Sampler:
         g = generator or self.generator
         lo, hi = self.config.vsini_range
         if split == "train":
-            return self.train_renderer.interpolator.draw_labels(n, g, (lo, hi))
+            return self.train_interpolator.draw_labels(n, g, (lo, hi))
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         nodes = self.split.nodes(split)
@@ -196,8 +207,8 @@ class Sampler:
         else:
             snr = nuisance.log_uniform(batch_size, *c.snr_range, generator=g, device=self.device)
         rv = c.rv_range[0] + (c.rv_range[1] - c.rv_range[0]) * torch.rand(batch_size, generator=g, device=self.device)
-        renderer = self.train_renderer if split == "train" else self.renderer
-        return self._render(renderer, labels, snr, rv, c.blaze, not c.noiseless, True, g)
+        model = self.train_forward if split == "train" else self.forward
+        return self._render(model, labels, snr, rv, c.blaze, not c.noiseless, True, g)
 
     def render(self, labels: torch.Tensor, snr: torch.Tensor | float | None = None, rv: torch.Tensor | float = 0.0,
                blaze: bool = True, noise: bool = True, mask: bool = True, generator: torch.Generator | None = None) -> Batch:
@@ -214,12 +225,12 @@ class Sampler:
         snr_t = (torch.full((B,), float("inf"), device=self.device) if not noise
                  else torch.as_tensor(snr, dtype=torch.float32, device=self.device).reshape(-1).expand(B).clone())
         rv_t = torch.as_tensor(rv, dtype=torch.float32, device=self.device).reshape(-1).expand(B).clone()
-        return self._render(self.renderer, labels, snr_t, rv_t, blaze, noise, mask, generator or self.generator)
+        return self._render(self.forward, labels, snr_t, rv_t, blaze, noise, mask, generator or self.generator)
 
-    def _render(self, renderer: SpectrumRenderer, labels, snr, rv, blaze: bool, noise: bool, mask: bool, g) -> Batch:
+    def _render(self, model, labels, snr, rv, blaze: bool, noise: bool, mask: bool, g) -> Batch:
         c = self.config
         B = labels.shape[0]
-        spec = renderer(labels, doppler_factors(rv).to(self.device))  # (B, O, P)
+        spec = model.spectra(labels, rv).to(self.dtype)  # (B, O, P)
         _, O, P = spec.shape
         if blaze:
             shape = nuisance.linear_slant(B, O, P, c.max_slant, g, self.device) * nuisance.blaze_like(B, O, P, g, self.device)
@@ -234,9 +245,11 @@ class Sampler:
             usable = nuisance.bad_pixel_mask(B, O, P, c.bad_pixel_rate, c.edge_mask_prob, g, self.device)
         else:
             usable = torch.ones(B, O, P, dtype=torch.bool, device=self.device)
-        norm, usable = normalise_orders(counts, usable)
+        # the variance a reader estimates from the counts themselves (photon noise)
+        norm, usable, variance = normalise_orders(counts, usable, counts.clamp_min(1.0))
         x = model_input(norm, usable)
         full = torch.ones_like(usable)
         clean_norm, full = normalise_orders(spec, full)
         clean = model_input(clean_norm, full)
-        return Batch(x=x, labels=labels.to(torch.float32), clean=clean, snr=snr.to(torch.float32), rv=rv.to(torch.float32), mask=usable)
+        return Batch(x=x, labels=labels.to(torch.float32), clean=clean, snr=snr.to(torch.float32), rv=rv.to(torch.float32), mask=usable,
+                     variance=variance.to(torch.float32))
