@@ -344,13 +344,12 @@ class ForwardModel:
         i0 = torch.floor(u).long()
         if int(i0.min()) < 0 or int(i0.max()) > Pe - 2:
             raise ValueError(f"RV residual beyond the forward model's margin of {pad} px")
-        a = (u - i0).to(spec.dtype)
-        flat = spec.reshape(B, C * O, Pe)
-        ix = (i0.reshape(B, 1, O, P).expand(B, C, O, P)).reshape(B, C * O, P)
-        lo = torch.gather(flat, 2, ix)
-        hi = torch.gather(flat, 2, ix + 1)
-        out = torch.lerp(lo, hi, a.repeat(1, C, 1)).reshape(B, C, O, P)
-        deriv = (lo[:, :O] - hi[:, :O]) * self._px_per_kms[None] if with_derivative else None
+        a = (u - i0).to(spec.dtype)[:, None]  # (B, 1, O, P)
+        ix = i0[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
+        lo = torch.gather(spec, 3, ix)
+        hi = torch.gather(spec[..., 1:], 3, ix)  # the right-hand neighbours, same index
+        out = torch.lerp(lo, hi, a)
+        deriv = (lo[:, 0] - hi[:, 0]) * self._px_per_kms[None] if with_derivative else None
         return out, deriv
 
     def spectra(self, labels: torch.Tensor, rv: torch.Tensor | float = 0.0, resolution: float | None = None) -> torch.Tensor:

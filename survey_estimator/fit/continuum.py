@@ -24,6 +24,15 @@ def design(n_pixels: int, degree: int = DEGREE, dtype=torch.float64, device="cpu
     return torch.stack(rows[: degree + 1])
 
 
+def gram(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(B, O, D, D) float64 ``sum_p weight * P_d * P_e`` per order, as one matrix product with the
+    (D*D, P) basis products (weight (B, O, P), basis (D, P) of one dtype)."""
+    B, O, P = weight.shape
+    D = basis.shape[0]
+    products = (basis[:, None, :] * basis[None, :, :]).reshape(D * D, P)
+    return (weight.reshape(B * O, P) @ products.T).reshape(B, O, D, D).to(torch.float64)
+
+
 def evaluate(coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Continuum (B, O, P) from coefficients (B, O, D) and the (D, P) basis (dtype of the basis)."""
     return coef.to(basis.dtype) @ basis
@@ -38,11 +47,10 @@ def solve(y: torch.Tensor, spec: torch.Tensor, weight: torch.Tensor, basis: torc
     """
     B, O, P = spec.shape
     D = basis.shape[0]
-    sw = torch.sqrt(weight)
-    A = (spec * sw).reshape(B * O, 1, P) * basis.to(spec.dtype)[None]  # (B O, D, P) whitened design
-    AtWA = torch.bmm(A, A.transpose(1, 2)).reshape(B, O, D, D).to(torch.float64)
-    AtWy = torch.bmm(A, (y * sw).reshape(B * O, P, 1)).reshape(B, O, D).to(torch.float64)
-    eye = torch.eye(D, dtype=torch.float64, device=A.device) * 1e-9 * AtWA.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)[..., None].clamp_min(1e-30)
+    basis = basis.to(spec.dtype)
+    AtWA = gram(weight * spec * spec, basis)  # (B, O, D, D) float64
+    AtWy = ((weight * spec * y).reshape(B * O, P) @ basis.T).reshape(B, O, D).to(torch.float64)
+    eye = torch.eye(D, dtype=torch.float64, device=spec.device) * 1e-9 * AtWA.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)[..., None].clamp_min(1e-30)
     coef = torch.linalg.solve(AtWA + eye, AtWy[..., None])[..., 0]
     # orders without data keep a flat continuum of 1
     empty = weight.sum(-1) <= 0

@@ -61,7 +61,8 @@ class FitConfig:
     Attributes:
         max_iterations: Levenberg-Marquardt iterations per pass.
         tolerance: converged when chi^2 improves by less than this fraction and the step is below
-            ``step_tolerance`` grid steps.
+            ``step_tolerance`` grid steps, or when an accepted step is below ``sigma_tolerance``
+            times the statistical 1-sigma of every parameter.
         model_error: "auto" (solved per spectrum, step 3 of the module docstring) or a fixed
             relative model error (0 = noise only).
         poor_fit_model_error: POOR_FIT when the solved model error exceeds this (relative flux).
@@ -78,6 +79,7 @@ class FitConfig:
     max_iterations: int = 25
     tolerance: float = 1e-6
     step_tolerance: float = 1e-3
+    sigma_tolerance: float = 0.05
     model_error: str | float = "auto"
     poor_fit_model_error: float = 0.08
     wide_sigma_steps: float = 0.5
@@ -156,11 +158,19 @@ class Fitter:
         chi2 = likelihood.chi2(y, spec * continuum.evaluate(coef, self.basis), w)
         return _State(theta, spec, jac, coef, chi2)
 
-    def _lm(self, theta, y, w, resolution):
-        """Minimise chi^2 from ``theta`` (B, 5) with fixed weights; returns (state, iterations, converged)."""
+    def _lm(self, theta, y, w, resolution, state: _State | None = None):
+        """Minimise chi^2 from ``theta`` (B, 5) with fixed weights; returns (state, iterations, converged).
+
+        ``state``: the model already evaluated at ``theta`` (only the continuum and chi^2 are redone
+        for the new weights)."""
         cfg = self.config
         B = theta.shape[0]
-        st = self._evaluate(theta, y, w, resolution)
+        if state is None:
+            st = self._evaluate(theta, y, w, resolution)
+        else:
+            coef = continuum.solve(y, state.spec, w, self.basis)
+            chi2 = likelihood.chi2(y, state.spec * continuum.evaluate(coef, self.basis), w)
+            st = _State(theta.clone(), state.spec.clone(), state.jac.clone(), coef, chi2)
         lam = torch.full((B,), 1e-3, dtype=torch.float64, device=theta.device)
         iters = torch.zeros(B, dtype=torch.long, device=theta.device)
         done = torch.zeros(B, dtype=torch.bool, device=theta.device)
@@ -174,6 +184,8 @@ class Fitter:
             diag = torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
             step, info = torch.linalg.solve_ex(A + torch.diag_embed(lam[act, None] * diag), g)
             step = torch.nan_to_num(step)
+            inv, _ = torch.linalg.inv_ex(A)
+            sigma = torch.sqrt(torch.diagonal(inv, dim1=1, dim2=2)[:, :N_THETA].clamp_min(0))  # scaled units
             new_theta = torch.minimum(torch.maximum(st.theta[act] + step[:, :N_THETA] * self.scale, self.lo), self.hi)
             trial = self._evaluate(new_theta, y[act], w[act], resolution)
             better = torch.isfinite(trial.chi2) & (trial.chi2 <= st.chi2[act])
@@ -184,7 +196,9 @@ class Fitter:
             for name in ("theta", "spec", "jac", "coef", "chi2"):
                 getattr(st, name)[sel] = getattr(trial, name)[better]
             lam[act] = torch.where(better, lam[act] / 3, lam[act] * 5).clamp(1e-9, 1e9)
-            small = (moved < cfg.step_tolerance) | (better & (gain < cfg.tolerance) & (moved < 10 * cfg.step_tolerance))
+            # converged: the step is a small fraction of the statistical error (or of a grid step)
+            tiny = (step[:, :N_THETA].abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            small = (moved < cfg.step_tolerance) | (better & tiny) | (better & (gain < cfg.tolerance) & (moved < 10 * cfg.step_tolerance))
             done[act] = small | (lam[act] >= 1e9)
         return st, iters, done
 
@@ -266,7 +280,8 @@ class Fitter:
     def _refit(self, st: _State, iters, conv, rows: torch.Tensor, y, w, resolution):
         """Run LM again for the spectra ``rows`` (B,) bool from their current optimum with weights ``w``."""
         idx = torch.nonzero(rows)[:, 0]
-        st2, it2, conv2 = self._lm(st.theta[idx], y[idx], w[idx], resolution)
+        here = _State(st.theta[idx], st.spec[idx], st.jac[idx], st.coef[idx], st.chi2[idx])
+        st2, it2, conv2 = self._lm(st.theta[idx], y[idx], w[idx], resolution, state=here)
         for name in ("theta", "spec", "jac", "coef", "chi2"):
             getattr(st, name)[idx] = getattr(st2, name)
         iters[idx] += it2

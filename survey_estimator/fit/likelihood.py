@@ -46,24 +46,27 @@ def normal_equations(y, w, spec, jac, cont, basis) -> tuple[torch.Tensor, torch.
     Returns:
         (A (B, K, K), g (B, K)) float64, with K = 5 + O D, in the scaled parameters.
     """
+    from .continuum import gram
+
     B, O, P = spec.shape
     D = basis.shape[0]
     basis = basis.to(spec.dtype)
-    scale = torch.as_tensor(THETA_SCALE, dtype=torch.float64, device=spec.device)
-    sw = torch.sqrt(w)
-    rw = (torch.nan_to_num(y - spec * cont) * sw).reshape(B * O, P, 1)  # whitened residual
-    mt = (jac * (cont * sw)[:, None]).transpose(1, 2).reshape(B * O, N_THETA, P)  # whitened d m / d theta, per order
-    mc = (spec * sw).reshape(B * O, 1, P) * basis[None]  # (B O, D, P) whitened d m / d c
     f64 = torch.float64
-    a_tt = torch.bmm(mt, mt.transpose(1, 2)).to(f64).reshape(B, O, N_THETA, N_THETA).sum(1)
-    a_tc = torch.bmm(mt, mc.transpose(1, 2)).to(f64).reshape(B, O, N_THETA, D).permute(0, 2, 1, 3).reshape(B, N_THETA, O * D)
-    a_cc_blocks = torch.bmm(mc, mc.transpose(1, 2)).to(f64).reshape(B, O, D, D)
+    scale = torch.as_tensor(THETA_SCALE, dtype=f64, device=spec.device)
+    r = torch.nan_to_num(y - spec * cont)
+    mt = jac * cont[:, None]  # (B, 5, O, P) d m / d theta
+    wmt = mt * w[:, None]
+    a_tt = torch.bmm(wmt.reshape(B, N_THETA, O * P), mt.reshape(B, N_THETA, O * P).transpose(1, 2)).to(f64)
+    ws = w * spec
+    a_tc = (wmt * spec[:, None]).reshape(B * N_THETA * O, P) @ basis.T  # sum_p w m_i s P_d
+    a_tc = a_tc.reshape(B, N_THETA, O * D).to(f64)
+    a_cc_blocks = gram(ws * spec, basis)  # (B, O, D, D)
     a_cc = torch.zeros(B, O * D, O * D, dtype=f64, device=spec.device)
     for o in range(O):
         a_cc[:, o * D : (o + 1) * D, o * D : (o + 1) * D] = a_cc_blocks[:, o]
     A = torch.cat([torch.cat([a_tt, a_tc], dim=2), torch.cat([a_tc.transpose(1, 2), a_cc], dim=2)], dim=1)
-    g_t = torch.bmm(mt, rw).to(f64).reshape(B, O, N_THETA).sum(1)
-    g_c = torch.bmm(mc, rw).to(f64).reshape(B, O * D)
+    g_t = (wmt * r[:, None]).sum(dim=(2, 3), dtype=f64)
+    g_c = ((ws * r).reshape(B * O, P) @ basis.T).reshape(B, O * D).to(f64)
     # back to the scaled theta (d / d(theta / scale) = scale * d / d theta)
     s = torch.cat([scale, torch.ones(O * D, dtype=f64, device=spec.device)])
     return A * s[None, :, None] * s[None, None, :], torch.cat([g_t, g_c], dim=1) * s[None]
