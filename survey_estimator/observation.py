@@ -21,6 +21,17 @@ Medium = Literal["air", "vacuum"]
 Frame = Literal["observatory", "barycentric", "rest"]
 """observatory: as recorded (BERV not removed); barycentric: BERV removed, the star's RV not;
 rest: the star's own rest frame."""
+Source = Literal["header", "format", "instrument", "user", "assumed"]
+"""Where a value came from: a header card or column name ("header"), the documented convention of
+the file format or pipeline ("format"), the spectrograph's record ("instrument"), a command-line
+override ("user"), or nothing at all ("assumed": a default was taken and the result is flagged)."""
+
+MIN_RESOLUTION = 20000.0
+"""Spectra with a resolving power below this are refused (the Mg b / Fe line blends the model
+relies on are not resolved)."""
+MOST_OF_BAND = 0.8
+"""Below this usable fraction of 5050-5350 A (but above :data:`MIN_BAND_COVERAGE`) an observation
+is read but flagged as covering only part of the band (preprocessing flag PARTIAL_COVERAGE)."""
 
 
 class ReadError(ValueError):
@@ -55,16 +66,26 @@ class Observation:
         mask: bool, True = usable (finite, not flagged by the pipeline's quality array).
         medium: "air" or "vacuum".
         frame: "observatory", "barycentric" or "rest".
-        instrument: "HARPS", "HARPS-N" or "ESPRESSO".
-        drs_version: pipeline identifier, e.g. "HARPS_3.5" or "espdr/1.0.9a2".
-        kind: the reader that produced it: "e2ds", "s2d", "s1d" or "adp".
+        instrument: "HARPS", "HARPS-N", "ESPRESSO", the ``INSTRUME`` card of any other
+            spectrograph as written (e.g. "MIKE-Blue"), or "unknown".
+        drs_version: pipeline identifier, e.g. "HARPS_3.5" or "espdr/1.0.9a2" ("" when unknown).
+        kind: the reader that produced it: "e2ds", "s2d", "echelle" (multi-order image with a
+            wavelength image), "s1d" (1D image with a wavelength WCS), "table" (FITS binary
+            table) or "text".
         object: target name; ra_deg/dec_deg: J2000 pointing in degrees.
         date_obs: ISO start time; mjd_obs: MJD at start; bjd: barycentric JD where given.
         exptime_s: exposure time in seconds.
         berv_kms: barycentric Earth radial velocity (km/s) from the header, None if absent.
         rv_kms: the pipeline's stellar RV (km/s, barycentric) where the header has one.
         snr: per-order S/N from the header (index = row), or None.
-        resolution: resolving power lambda/dlambda of the spectrograph mode.
+        resolution: resolving power lambda/dlambda of the spectrograph mode; None only inside a
+            reader (``read_observation`` fills in the assumed value before validation).
+        resolution_source, medium_source, frame_source: where ``resolution``, ``medium`` and
+            ``frame`` came from (:data:`Source`); "assumed" ones are flagged by preprocessing
+            (RESOLUTION_ASSUMED, MEDIUM_ASSUMED) or, for the frame, always lead to a measured RV.
+        normalised: True when the flux already looks continuum-normalised (upper envelope ~1 in
+            5050-5350 A), False otherwise, None before ``read_observation`` decides it.
+        coverage: usable fraction (0-1) of 5050-5350 A, set by :func:`validate`.
         blaze_corrected: whether ``flux`` has had the blaze removed.
         source: the file name as given.
         orders: native row index of each row of the arrays (None for 1D).
@@ -91,7 +112,12 @@ class Observation:
     berv_kms: float | None = None
     rv_kms: float | None = None
     snr: np.ndarray | None = None
-    resolution: float = 115000.0
+    resolution: float | None = 115000.0
+    resolution_source: Source = "instrument"
+    medium_source: Source = "format"
+    frame_source: Source = "format"
+    normalised: bool | None = None
+    coverage: float | None = None
     blaze_corrected: bool = True
     orders: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
@@ -100,6 +126,13 @@ class Observation:
     def is_echelle(self) -> bool:
         """True for (n_orders, n_pixels) data, False for a merged 1D spectrum."""
         return self.flux.ndim == 2
+
+    @property
+    def assumed(self) -> list[str]:
+        """Names of what was assumed rather than read: "instrument", "resolution", "medium",
+        "frame" (in that order)."""
+        out = ["instrument"] if self.instrument == "unknown" else []
+        return out + [k for k in ("resolution", "medium", "frame") if getattr(self, f"{k}_source") == "assumed"]
 
     def metadata(self) -> dict:
         """Scalar metadata as a JSON-ready dict (no arrays except S/N as a list)."""
@@ -120,6 +153,12 @@ class Observation:
             "medium": self.medium,
             "frame": self.frame,
             "resolution": self.resolution,
+            "resolution_source": self.resolution_source,
+            "medium_source": self.medium_source,
+            "frame_source": self.frame_source,
+            "normalised": self.normalised,
+            "coverage": self.coverage,
+            "assumed": self.assumed,
             "blaze_corrected": self.blaze_corrected,
             "shape": list(self.flux.shape),
             "notes": list(self.notes),
@@ -150,10 +189,12 @@ MIN_BAND_COVERAGE = 0.5
 
 
 def validate(obs: Observation) -> Observation:
-    """Check shapes, wavelength coverage of the science band and finite flux; return ``obs``.
+    """Check shapes, resolving power, wavelength coverage of the science band and finite flux;
+    set ``obs.coverage``; return ``obs``.
 
     Raises:
-        ReadError: wrong shape, no wavelengths over 5050-5350 A, or nothing usable there.
+        ReadError: wrong shape, R below :data:`MIN_RESOLUTION`, wavelengths over less than
+            :data:`MIN_BAND_COVERAGE` of 5050-5350 A, or too little usable flux there.
     """
     shapes = {a.shape for a in (obs.flux, obs.variance, obs.wave, obs.mask)}
     if len(shapes) != 1 or obs.flux.ndim not in (1, 2):
@@ -166,10 +207,16 @@ def validate(obs: Observation) -> Observation:
     if wave_cov < MIN_BAND_COVERAGE:
         span = f"{np.nanmin(obs.wave):.1f}-{np.nanmax(obs.wave):.1f} A"
         raise ReadError(obs.source, f"no coverage of {lo:.0f}-{hi:.0f} A (spectrum spans {span}, {100 * wave_cov:.0f}% of the band)")
-    usable = obs.mask & np.isfinite(obs.flux) & wave_ok
+    usable = obs.mask & np.isfinite(obs.flux) & (obs.flux != 0) & wave_ok
     in_band = wave_ok & (obs.wave >= lo) & (obs.wave <= hi)
     if not (usable & in_band).any():
         raise ReadError(obs.source, f"all pixels in {lo:.0f}-{hi:.0f} A are NaN or flagged (all-NaN orders)")
-    if band_coverage(obs.wave, usable) < MIN_BAND_COVERAGE:
-        raise ReadError(obs.source, f"fewer than {100 * MIN_BAND_COVERAGE:.0f}% of {lo:.0f}-{hi:.0f} A hold usable (finite, unflagged) flux")
+    coverage = band_coverage(obs.wave, usable)
+    if coverage < MIN_BAND_COVERAGE:
+        raise ReadError(obs.source, f"fewer than {100 * MIN_BAND_COVERAGE:.0f}% of {lo:.0f}-{hi:.0f} A hold usable (finite, unflagged, non-zero) flux "
+                                    f"({100 * coverage:.0f}%)")
+    if obs.resolution is not None and obs.resolution < MIN_RESOLUTION:
+        raise ReadError(obs.source, f"resolution R = {obs.resolution:,.0f} ({obs.resolution_source}) is below the {MIN_RESOLUTION:,.0f} "
+                                    "the model needs (pass --resolution if that value is wrong)")
+    obs.coverage = coverage
     return obs

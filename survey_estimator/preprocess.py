@@ -30,7 +30,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter1d, median_filter
 
 from . import normalise
 from .layout import C_KMS, LAYOUT_VERSION, N_ORDERS, canonical_wave, doppler_factor, resample_to_layout
-from .observation import Observation, ReadError
+from .observation import MOST_OF_BAND, Observation, ReadError
 from .rv import RVMeasurement, measure_rv
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,14 @@ class Flag(IntFlag):
     """Order-edge pixels of echelle data were masked."""
     BERV_MISSING = 1 << 13
     """Observatory-frame data without BERV: the measured RV includes the Earth's motion."""
+    RESOLUTION_ASSUMED = 1 << 14
+    """No header card, instrument record or ``--resolution`` gave the resolving power: a value was
+    assumed (115,000, or what the pixel sampling allows; ``Observation.resolution_source``)."""
+    MEDIUM_ASSUMED = 1 << 15
+    """Nothing in the file said air or vacuum: air was assumed (a vacuum spectrum read as air is
+    shifted by ~84 km/s, which the measured RV absorbs)."""
+    PARTIAL_COVERAGE = 1 << 16
+    """Usable flux covers less than ``MOST_OF_BAND`` (80%) of 5050-5350 A (but at least half)."""
 
     def names(self) -> list[str]:
         """Names of the set bits, lowest first."""
@@ -288,6 +296,13 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
     cfg = config or PreprocessConfig()
     flags = Flag.RESAMPLED
     notes: list[str] = []
+    if obs.resolution_source == "assumed":
+        flags |= Flag.RESOLUTION_ASSUMED
+    if obs.medium_source == "assumed":
+        flags |= Flag.MEDIUM_ASSUMED
+    if obs.coverage is not None and obs.coverage < MOST_OF_BAND:
+        flags |= Flag.PARTIAL_COVERAGE
+        notes.append(f"only {100 * obs.coverage:.0f}% of 5050-5350 A covered")
     wave, flux, var, usable, orders_used = _select(obs, cfg.margin_A)
     wave, flux, var = wave.astype(np.float64), flux.astype(np.float64), var.astype(np.float64)
 

@@ -157,3 +157,37 @@ def measure_rv(wave: np.ndarray, flux: np.ndarray, mask: np.ndarray | None = Non
     meas = RVMeasurement(rv_kms=rv, peak=float(c[k]), contrast=float((c[k] - base) / scatter), n_lines=n_lines)
     log.debug("CCF: rv=%.3f km/s peak=%.3f contrast=%.1f lines=%d", meas.rv_kms, meas.peak, meas.contrast, n_lines)
     return meas
+
+
+MGB_AIR: tuple[float, float, float] = (5167.32, 5172.68, 5183.60)
+"""The Mg I b triplet, air wavelengths (A): the check that a spectrum sits in the rest frame."""
+
+
+def line_centre(wave: np.ndarray, flux: np.ndarray, mask: np.ndarray, lam: float, search_A: float = 0.3,
+                half_A: float = 0.05) -> float:
+    """Centre (A) of the absorption line nearest ``lam``: in every row that covers ``lam +- search_A``
+    with usable pixels only, a parabola through the pixels within ``half_A`` of the flux minimum;
+    the median over rows, NaN when no row covers the line.
+
+    Args:
+        wave, flux, mask: (n_rows, n_pixels) or (n_pixels,), e.g. the canonical (8, 4096) model input.
+    """
+    found = []
+    for w, f, m in zip(np.atleast_2d(wave), np.atleast_2d(flux), np.atleast_2d(mask)):
+        sel = np.abs(w - lam) < search_A
+        if sel.sum() < 5 or not m[sel].all():
+            continue
+        j = np.flatnonzero(sel)[np.argmin(f[sel])]
+        fit = np.abs(w - w[j]) <= max(half_A, 2.5 * np.median(np.diff(w[sel])))
+        if fit.sum() < 3:
+            continue
+        a, b, _ = np.polyfit(w[fit] - w[j], f[fit], 2)
+        if a > 0:
+            found.append(float(w[j] - b / (2 * a)))
+    return float(np.median(found)) if found else float("nan")
+
+
+def line_offsets(wave: np.ndarray, flux: np.ndarray, mask: np.ndarray, lines=MGB_AIR) -> np.ndarray:
+    """Offset (A) of each line's measured centre from its listed wavelength (:func:`line_centre`);
+    NaN for a line no row covers. Shape ``(len(lines),)``."""
+    return np.array([line_centre(wave, flux, mask, lam) - lam for lam in lines])

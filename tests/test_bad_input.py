@@ -69,8 +69,6 @@ def make_case(kind, tmp_path, data_dir):
         return data_dir / BLAZE
     elif kind == "not_spectrum":
         return data_dir / CCF
-    elif kind == "foreign_instrument":
-        _edit_e2ds(data_dir, p, _set("INSTRUME", "UVES"))
     elif kind == "missing_cards":
         _edit_e2ds(data_dir, p, _drop_coeffs)
     elif kind == "all_nan":
@@ -110,12 +108,11 @@ CASES = {
     "empty": "empty file",
     "truncated": "truncated",
     "garbage": "not a FITS file",
-    "text": "not a FITS file",
-    "gzip_garbage": "gzip-compressed content is not a FITS file",
+    "text": "only 2 rows: too few pixels",
+    "gzip_garbage": "gzip-compressed content is not a FITS file or a plain-text spectrum",
     "corrupt_gzip": "corrupt or truncated gzip",
     "calibration": "calibration frame",
     "not_spectrum": "not a spectrum product",
-    "foreign_instrument": "foreign instrument 'UVES'",
     "missing_cards": "missing wavelength solution",
     "all_nan": "all-NaN",
     "wrong_shape": "wrong shape",

@@ -125,7 +125,8 @@ def test_s2d_extensions_found_by_name_and_vacuum_only(tmp_path, data_dir):
 
 def test_adp_table(data_dir):
     obs = read_observation(data_dir / ADP)
-    assert (obs.instrument, obs.kind, obs.object) == ("HARPS", "adp", "IC4651No9122")
+    assert (obs.instrument, obs.kind, obs.object) == ("HARPS", "table", "IC4651No9122")
+    assert (obs.resolution, obs.resolution_source) == (115000.0, "header")  # SPEC_RES
     assert obs.frame == "barycentric"  # SPECSYS = 'BARYCENT'
     assert obs.wave[0] == pytest.approx(4900.0, abs=0.011)
     # ERR is all NaN in this product: the variance is estimated instead

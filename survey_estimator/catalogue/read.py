@@ -63,6 +63,8 @@ class ReadOptions:
     blaze: dict | None = None
     blaze_file: str | None = None
     """One blaze file for every old-DRS e2ds, whatever its header names (``estimate --blaze``)."""
+    resolution: float | None = None
+    """Resolving power for every file, whatever its header says (``estimate --resolution``)."""
     retries: int = 5
     backoff_s: float = 0.5
     env: WorkerEnv = field(default_factory=WorkerEnv)
@@ -195,7 +197,7 @@ def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
         return row
     try:
         blaze = _blaze_source(name, data, opts)
-        obs = read_observation((name, data), blaze=blaze)
+        obs = read_observation((name, data), blaze=blaze, resolution=opts.resolution)
         for k in META_STR:
             row[k] = _str(_get(obs, k))
         for k in META_FLOAT:

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="FITS files (e2ds, S2D, s1d, ADP; plain or .gz)")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="spectra (e2ds, S2D, echelle image, 1D FITS image, FITS table, text; plain or .gz)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     parser.add_argument("--model", default=None,
                         help="models:/NAME@ALIAS, models:/NAME/VERSION, s3:// or local bundle folder "
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dae", action="store_true", help="estimate without the denoiser")
     parser.add_argument("--blaze", metavar="FILE", default=None,
                         help="blaze file for old-DRS e2ds inputs (default: the DRS BLAZE FILE found beside each)")
+    parser.add_argument("--resolution", type=float, default=None, metavar="R",
+                        help="resolving power of every FILE (default: header card, else instrument record, else assumed "
+                             "and flagged RESOLUTION_ASSUMED)")
     parser.add_argument("--batch-size", type=int, default=16, help="spectra per model call")
     add_fit_arguments(parser)
 
@@ -106,7 +110,7 @@ def _listed_batch(objects: list) -> dict[str, np.ndarray]:
 
 # -- estimation -----------------------------------------------------------------------------------
 def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file: str | None = None,
-                    batch_size: int = 16, fit=None) -> Iterator[pa.Table]:
+                    batch_size: int = 16, fit=None, resolution: float | None = None) -> Iterator[pa.Table]:
     """Catalogue tables (:data:`~survey_estimator.catalogue.schema.SCHEMA`) for ``paths``, in order,
     ``batch_size`` files at a time: the catalogue's read stage (``read_batch``) and model stage
     (``Predictor``, with :class:`~survey_estimator.catalogue.predict.FitOptions` ``fit``) run in
@@ -121,7 +125,7 @@ def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file:
     from ..catalogue.read import ReadOptions, read_batch
 
     objects = archive_objects(paths)
-    opts = ReadOptions(blaze=sibling_blaze_index(paths), blaze_file=blaze_file, retries=1)
+    opts = ReadOptions(blaze=sibling_blaze_index(paths), blaze_file=blaze_file, retries=1, resolution=resolution)
     predictor = Predictor(ref, use_dae=use_dae, fit=fit)
     with tqdm(total=len(objects), unit="file", desc="estimate", disable=None, file=sys.stderr) as bar:
         for i in range(0, len(objects), batch_size):
@@ -176,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     from ..catalogue.predict import FitOptions
     from ..catalogue.schema import STATUS_OK
 
+    if args.resolution is not None and not args.resolution > 0:
+        print("error: --resolution must be positive", file=sys.stderr)
+        return 2
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
@@ -192,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         ref = resolve_model(args.model)
         for table in estimate_tables(args.files, ref, use_dae=not args.no_dae,
                                      blaze_file=os.path.abspath(args.blaze) if args.blaze else None,
-                                     batch_size=args.batch_size, fit=FitOptions(not args.no_fit, args.grid)):
+                                     batch_size=args.batch_size, fit=FitOptions(not args.no_fit, args.grid),
+                                     resolution=args.resolution):
             if args.json:
                 for row in json_rows(table):
                     print(json.dumps(row), flush=True)

@@ -2,55 +2,118 @@
 
 The format is chosen by content (:mod:`.detect`), one module per format:
 
-- :mod:`.e2ds` old-DRS HARPS-N / HARPS ``e2ds`` (+ optional blaze)
-- :mod:`.s2d`  new-DRS HARPS-N / ESPRESSO ``S2D``
-- :mod:`.s1d`  1D spectra with a linear wavelength WCS
-- :mod:`.adp`  ESO Phase-3 ``ADP`` tables (WAVE/FLUX/ERR)
+- :mod:`.e2ds`    old-DRS HARPS-N / HARPS ``e2ds`` (+ optional blaze)
+- :mod:`.s2d`     new-DRS HARPS-N / ESPRESSO ``S2D``
+- :mod:`.echelle` any multi-order image with a wavelength image (HIRES / APF style)
+- :mod:`.s1d`     any 1D FITS image with a linear or log-linear wavelength WCS
+- :mod:`.table`   FITS binary tables (ESO Phase-3 ADP, ESPRESSO / HARPS-N S1D, iSpec, ...)
+- :mod:`.text`    plain-text 2-3 column spectra
 
-Every failure is a :class:`~survey_estimator.observation.ReadError` naming the file and reason.
+The 1D readers share :mod:`.spectrum1d`. Unknown instruments are fine: a reader records what the
+file says and where each value came from (``Observation.*_source``); :func:`read_observation`
+fills in what nothing said (the resolving power) and says so. Every failure is a
+:class:`~survey_estimator.observation.ReadError` naming the file and reason.
 """
 from __future__ import annotations
 
 import logging
 import warnings
 
+import numpy as np
+
+from ..layout import BAND
 from ..observation import Observation, ReadError, validate
-from . import adp, e2ds, s1d, s2d
-from .detect import INSTRUMENTS, Cards, Source, check_science, detect_format, identify_instrument, open_fits, source_name
+from . import e2ds, echelle, s1d, s2d, table, text
+from .detect import Cards, Source, card_prefix, check_science, detect_format, fits_from_bytes, identify_instrument, is_fits, read_bytes, source_name
 
 log = logging.getLogger(__name__)
 
-READERS = {"e2ds": e2ds.read, "s2d": s2d.read, "s1d": s1d.read, "adp": adp.read}
-"""Format name -> reader ``(name, hdul, cards, instrument, blaze) -> Observation``."""
+READERS = {"e2ds": e2ds.read, "s2d": s2d.read, "echelle": echelle.read, "s1d": s1d.read, "table": table.read}
+"""FITS format name -> reader ``(name, hdul, cards, instrument, blaze) -> Observation``
+(plain text: :func:`.text.read`)."""
 
-__all__ = ["Observation", "ReadError", "READERS", "Source", "read_observation"]
+MODEL_RESOLUTION = 115000.0
+"""The resolving power assumed for a spectrum nothing says anything about, unless its sampling
+cannot carry it (:func:`assumed_resolution`)."""
+
+__all__ = ["Observation", "ReadError", "READERS", "Source", "read_observation", "read_unchecked"]
 
 
-def read_observation(source: Source, blaze: Source | None = None) -> Observation:
-    """Read a science spectrum from a path, ``(name, bytes)`` or ``(name, file-like)``.
+def assumed_resolution(wave: np.ndarray) -> float:
+    """The resolving power to assume when no card, record or user gives one: 115,000 (the model's),
+    or less when the pixel step in 5050-5350 A cannot carry it (R <= lambda / (2 step): two pixels
+    per resolution element).
 
     Args:
-        source: the spectrum; gzip-compressed content is recognised by its magic bytes.
-        blaze: optional blaze file for an old-DRS e2ds (else looked up via ``DRS BLAZE FILE``
-            next to a local file; absent blaze leaves ``blaze_corrected=False``).
-    Returns:
-        a validated :class:`Observation` (covers 5050-5350 A with usable pixels).
-    Raises:
-        ReadError: for every kind of unusable input; the message names the file and the reason.
+        wave: (n_pixels,) or (n_orders, n_pixels) wavelengths, A.
     """
-    name, hdul = open_fits(source)
-    with hdul, warnings.catch_warnings():
+    best = []
+    for w in np.atleast_2d(wave):
+        w = w[np.isfinite(w) & (w > BAND[0]) & (w < BAND[1])]
+        if w.size > 10:
+            best.append(float(np.median(w[1:] / (2 * np.diff(w)))))
+    return float(min(MODEL_RESOLUTION, max(best))) if best else MODEL_RESOLUTION
+
+
+def looks_normalised(obs: Observation) -> bool:
+    """True when the flux in 5050-5350 A looks continuum-normalised: its 95th percentile (the
+    continuum of a line-rich spectrum) lies within 0.85-1.2 and its median above 0.3."""
+    sel = obs.mask & np.isfinite(obs.flux) & (obs.wave > BAND[0]) & (obs.wave < BAND[1])
+    if sel.sum() < 100:
+        return False
+    f = obs.flux[sel]
+    return bool(0.85 <= np.percentile(f, 95) <= 1.2 and np.median(f) > 0.3)
+
+
+def read_unchecked(source: Source, blaze: Source | None = None, resolution: float | None = None) -> Observation:
+    """Read a spectrum like :func:`read_observation`, without the final :func:`validate`
+    (band coverage, resolution limit): for tools that look at partial spectra."""
+    name, raw, gzipped = read_bytes(source)
+    instrument_note = None
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # old headers with 'nan' cards trigger VerifyWarning
         try:
-            header = hdul[0].header
-            instrument = identify_instrument(name, header)
-            cards = Cards(header, INSTRUMENTS[instrument])
-            check_science(name, header, cards)
-            kind = detect_format(name, hdul)
-            obs = READERS[kind](name, hdul, cards, instrument, blaze=blaze if kind == "e2ds" else None)
+            if is_fits(raw):
+                name, hdul = fits_from_bytes(name, raw, gzipped)
+                with hdul:
+                    header = hdul[0].header
+                    instrument, instrument_note = identify_instrument(header)
+                    cards = Cards(header, card_prefix(instrument, header))
+                    check_science(name, header, cards)
+                    kind = detect_format(name, hdul)
+                    obs = READERS[kind](name, hdul, cards, instrument, blaze=blaze if kind == "e2ds" else None)
+            else:
+                obs = text.read(name, raw, gzipped)
         except ReadError:
             raise
         except Exception as exc:  # anything astropy/numpy raise on malformed content
             raise ReadError(name, f"unreadable content ({type(exc).__name__}: {exc})") from exc
-    log.debug("read %s: %s %s %s", source_name(source), instrument, kind, obs.flux.shape)
-    return validate(obs)
+    if instrument_note:
+        obs.notes.insert(0, instrument_note)
+    if resolution is not None:
+        obs.resolution, obs.resolution_source = float(resolution), "user"
+    elif obs.resolution is None:
+        obs.resolution, obs.resolution_source = assumed_resolution(obs.wave), "assumed"
+        obs.notes.append(f"resolution unknown: R = {obs.resolution:,.0f} assumed (pass --resolution R)")
+    elif obs.resolution_source == "assumed":
+        obs.notes.append(f"resolution R = {obs.resolution:,.0f} assumed from the instrument's usual setting (pass --resolution R)")
+    obs.normalised = looks_normalised(obs)
+    log.debug("read %s: %s %s %s", source_name(source), obs.instrument, obs.kind, obs.flux.shape)
+    return obs
+
+
+def read_observation(source: Source, blaze: Source | None = None, resolution: float | None = None) -> Observation:
+    """Read a science spectrum from a path, ``(name, bytes)`` or ``(name, file-like)``.
+
+    Args:
+        source: the spectrum (FITS or plain text); gzip-compressed content is recognised by its
+            magic bytes.
+        blaze: optional blaze file for an old-DRS e2ds (else looked up via ``DRS BLAZE FILE``
+            next to a local file; absent blaze leaves ``blaze_corrected=False``).
+        resolution: resolving power to use whatever the file says (``--resolution``).
+    Returns:
+        a validated :class:`Observation` (covers 5050-5350 A with usable pixels, R >= 20,000).
+    Raises:
+        ReadError: for every kind of unusable input; the message names the file and the reason.
+    """
+    return validate(read_unchecked(source, blaze, resolution))

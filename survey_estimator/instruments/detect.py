@@ -1,8 +1,9 @@
-"""Open a FITS source (path, bytes or file-like; gzip by magic bytes) and decide what it holds.
+"""Open a source (path, bytes or file-like; gzip by magic bytes) and decide what it holds.
 
-Everything is decided by content, never by file name: the instrument from ``INSTRUME`` (or the
-``HIERARCH TNG`` / ``HIERARCH ESO`` card prefix), science vs calibration from ``DPR CATG`` /
-``OBS-TYPE`` / ``PRO CATG``, and the format from the HDU structure.
+Everything is decided by content, never by file name: FITS or plain text by the first bytes; the
+instrument from ``INSTRUME`` (or the ``HIERARCH TNG`` / ``HIERARCH ESO DRS`` cards; any other
+spectrograph is kept by its ``INSTRUME`` name, none at all is "unknown"), science vs calibration
+from ``DPR CATG`` / ``OBS-TYPE`` / ``PRO CATG``, and the format from the HDU structure.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..observation import ReadError
+from . import columns
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ FITS_MAGIC = b"SIMPLE  ="
 BLOCK = 2880
 
 INSTRUMENTS = {"HARPS": "ESO", "HARPS-N": "TNG", "ESPRESSO": "ESO"}
-"""Supported instruments and their hierarchical card prefix."""
+"""Instruments with a native reader and their hierarchical card prefix (any other is read by the
+generic readers; its prefix is guessed from the cards)."""
 _ALIASES = {"HARPS": "HARPS", "HARPN": "HARPS-N", "HARPS-N": "HARPS-N", "HARPS_N": "HARPS-N", "ESPRESSO": "ESPRESSO"}
 SPECTRUM_PRODUCTS = ("S2D_A", "S2D_BLAZE_A", "S1D_A", "E2DS_A", "SCIENCE.SPECTRUM")
 """``PRO CATG`` / ``PRODCATG`` values of products that hold a science spectrum."""
@@ -43,8 +46,8 @@ def source_name(source: Source) -> str:
     return str(source)
 
 
-def read_bytes(source: Source) -> tuple[str, bytes]:
-    """Return ``(name, raw bytes)``, gunzipped when the content starts with the gzip magic.
+def read_bytes(source: Source) -> tuple[str, bytes, bool]:
+    """Return ``(name, raw bytes, gzipped)``, gunzipped when the content starts with the gzip magic.
 
     Raises:
         ReadError: missing or unreadable file, empty content, corrupt gzip.
@@ -61,18 +64,20 @@ def read_bytes(source: Source) -> tuple[str, bytes]:
     raw = bytes(raw)
     if not raw:
         raise ReadError(name, "empty file (0 bytes)")
-    if raw[:2] == GZIP_MAGIC:
+    gzipped = raw[:2] == GZIP_MAGIC
+    if gzipped:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
             raise ReadError(name, f"corrupt or truncated gzip data ({exc})") from exc
         if not raw:
             raise ReadError(name, "empty file (gzip of nothing)")
-        if raw[: len(FITS_MAGIC)] != FITS_MAGIC:
-            raise ReadError(name, "gzip-compressed content is not a FITS file")
-    elif raw[: len(FITS_MAGIC)] != FITS_MAGIC:
-        raise ReadError(name, f"not a FITS file (starts with {raw[:16]!r})")
-    return name, raw
+    return name, raw, gzipped
+
+
+def is_fits(raw: bytes) -> bool:
+    """True when ``raw`` starts like a FITS file."""
+    return raw[: len(FITS_MAGIC)] == FITS_MAGIC
 
 
 def open_fits(source: Source) -> tuple[str, fits.HDUList]:
@@ -83,7 +88,15 @@ def open_fits(source: Source) -> tuple[str, fits.HDUList]:
     Raises:
         ReadError: not FITS, truncated, or corrupt headers.
     """
-    name, raw = read_bytes(source)
+    name, raw, gzipped = read_bytes(source)
+    return fits_from_bytes(name, raw, gzipped)
+
+
+def fits_from_bytes(name: str, raw: bytes, gzipped: bool = False) -> tuple[str, fits.HDUList]:
+    """:func:`open_fits` on bytes already read (and gunzipped) by :func:`read_bytes`."""
+    if not is_fits(raw):
+        what = "gzip-compressed content is not a FITS file" if gzipped else "not a FITS file"
+        raise ReadError(name, f"{what} (starts with {raw[:16]!r})")
     if len(raw) < BLOCK:
         raise ReadError(name, f"truncated FITS file ({len(raw)} bytes, less than one 2880-byte header block)")
     try:
@@ -140,21 +153,31 @@ def _clean(value, default):
     return value
 
 
-def identify_instrument(name: str, header: fits.Header) -> str:
-    """Canonical instrument name ("HARPS", "HARPS-N", "ESPRESSO") from the primary header.
+def identify_instrument(header: fits.Header) -> tuple[str, str | None]:
+    """Instrument name from the primary header, and a note when it was inferred.
 
-    Raises:
-        ReadError: a foreign instrument, or no way to tell.
+    Returns:
+        ("HARPS" / "HARPS-N" / "ESPRESSO" or the ``INSTRUME`` value as written, e.g. "MIKE-Blue",
+        or "unknown"; a note saying how it was inferred, or None when ``INSTRUME`` says it).
+        Without ``INSTRUME``: ``HIERARCH TNG`` cards mean HARPS-N, ``HIERARCH ESO DRS`` cards the
+        HARPS DRS (its 1D products often lack ``INSTRUME``).
     """
-    raw = str(header.get("INSTRUME", "") or "").strip().upper()
+    raw = str(header.get("INSTRUME", "") or "").strip()
     if raw:
-        if raw not in _ALIASES:
-            raise ReadError(name, f"foreign instrument {raw!r} (supported: {', '.join(INSTRUMENTS)})")
-        return _ALIASES[raw]
+        return _ALIASES.get(raw.upper(), raw), None
     keys = list(header.keys())
     if any(k.startswith("TNG ") for k in keys):
-        return "HARPS-N"
-    raise ReadError(name, "no INSTRUME card and no HARPS/HARPS-N/ESPRESSO header cards: foreign or unknown instrument")
+        return "HARPS-N", "no INSTRUME card: HARPS-N from its HIERARCH TNG cards"
+    if any(k.startswith("ESO DRS ") for k in keys):
+        return "HARPS", "no INSTRUME card: HARPS from its HIERARCH ESO DRS cards"
+    return "unknown", "no INSTRUME card and no pipeline cards: instrument unknown"
+
+
+def card_prefix(instrument: str, header: fits.Header) -> str:
+    """Hierarchical card prefix: the instrument's, else "TNG" when such cards exist, else "ESO"."""
+    if instrument in INSTRUMENTS:
+        return INSTRUMENTS[instrument]
+    return "TNG" if any(k.startswith("TNG ") for k in header.keys()) else "ESO"
 
 
 def check_science(name: str, header: fits.Header, cards: Cards) -> None:
@@ -175,28 +198,90 @@ def check_science(name: str, header: fits.Header, cards: Cards) -> None:
         raise ReadError(name, f"not a spectrum product (PRO CATG={pro!r}; expected one of {', '.join(SPECTRUM_PRODUCTS)})")
 
 
+def spectrum_tables(hdul: fits.HDUList) -> list[int]:
+    """Indices of the binary tables with a recognised wavelength column (:mod:`.columns`)."""
+    out = []
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, fits.BinTableHDU) and columns.find(hdu.columns.names, columns.WAVE):
+            out.append(i)
+    return out
+
+
+def first_image(hdul: fits.HDUList) -> int | None:
+    """Index of the first image HDU (primary or extension) holding data, or None."""
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.header.get("NAXIS", 0) and hdu.data is not None:
+            return i
+    return None
+
+
+WAVE_EXTNAMES = ("WAVE", "WAVELENGTH", "WAV", "LAMBDA", "WL", "WAVEDATA")
+
+
+def wavelength_image(hdul: fits.HDUList, flux_index: int) -> int | None:
+    """Index of the image HDU holding wavelengths for the image at ``flux_index``: same shape and
+    an EXTNAME starting with one of :data:`WAVE_EXTNAMES` (or containing "WAVE"), or, unnamed,
+    values that all lie in 1000-30000 (A) or 100-3000 (nm) and run monotonically along each row."""
+    shape = hdul[flux_index].data.shape
+    unnamed = []
+    for i, hdu in enumerate(hdul):
+        if i == flux_index or not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or hdu.data is None:
+            continue
+        if hdu.data.shape != shape:
+            continue
+        extname = hdu.name.upper()
+        if any(extname.startswith(n) for n in WAVE_EXTNAMES) or "WAVE" in extname:
+            return i
+        if not extname or extname == "PRIMARY":
+            unnamed.append(i)
+    for i in unnamed:
+        w = np.asarray(hdul[i].data, dtype=np.float64)
+        if not np.isfinite(w).all():
+            continue
+        in_range = (1000 < w.min() and w.max() < 30000) or (100 < w.min() and w.max() < 3000)
+        d = np.diff(np.atleast_2d(w), axis=-1)
+        if in_range and all(np.all(r > 0) or np.all(r < 0) for r in d):
+            return i
+    return None
+
+
 def detect_format(name: str, hdul: fits.HDUList) -> str:
-    """Which reader fits this HDU structure: "adp", "s2d", "e2ds" or "s1d".
+    """Which reader fits this HDU structure: "table", "s2d", "e2ds", "echelle" or "s1d".
+
+    - a binary table with a wavelength column (:mod:`.columns`): "table" (also the ESO Phase-3
+      ADP and the new-DRS S1D);
+    - ``SCIDATA`` + ``WAVEDATA_*`` extensions: "s2d";
+    - a 2D image: with ``DRS CAL TH DEG LL`` cards "e2ds", with a wavelength image of the same
+      shape "echelle", with IRAF ``BANDID`` cards (one spectrum and its bands) "s1d";
+    - a 1D image: "s1d" (a wavelength WCS in its header).
 
     Raises:
         ReadError: no spectrum data, missing wavelength extension or cards, wrong shape.
     """
     names = {h.name.upper() for h in hdul}
-    for hdu in hdul[1:]:
-        if isinstance(hdu, fits.BinTableHDU):
-            cols = {c.upper() for c in hdu.columns.names}
-            if {"WAVE", "FLUX"} <= cols:
-                return "adp"
+    if spectrum_tables(hdul):
+        return "table"
     if "SCIDATA" in names:
         if not any(n.startswith("WAVEDATA") for n in names):
             raise ReadError(name, "missing wavelength solution: SCIDATA without WAVEDATA_* extension")
         return "s2d"
-    primary = hdul[0]
-    naxis = int(primary.header.get("NAXIS", 0))
-    if naxis == 0 or primary.data is None:
+    index = first_image(hdul)
+    if index is None:
+        if any(isinstance(h, fits.BinTableHDU) for h in hdul):
+            return "table"  # its reader says which column is missing
         raise ReadError(name, f"no spectrum data (extensions: {', '.join(h.name for h in hdul)})")
-    if naxis == 2:
-        return "e2ds"
-    if naxis == 1:
+    image = hdul[index]
+    shape = tuple(n for n in image.data.shape if n > 1) or image.data.shape
+    header = image.header
+    if len(shape) == 2:
+        if any(k.endswith("DRS CAL TH DEG LL") for k in hdul[0].header.keys()) or any(k.endswith("DRS CAL TH DEG LL") for k in header.keys()):
+            return "e2ds"
+        if wavelength_image(hdul, index) is not None:
+            return "echelle"
+        if "BANDID1" in header and "CRVAL1" in header:
+            return "s1d"
+        raise ReadError(name, f"missing wavelength solution: a {shape[0]} x {shape[1]} image without wavelength cards "
+                              "(DRS CAL TH COEFF LL) or a wavelength image/extension of the same shape")
+    if len(shape) == 1:
         return "s1d"
-    raise ReadError(name, f"wrong shape: primary image has {naxis} axes {primary.data.shape} (expected a 1D or 2D spectrum)")
+    raise ReadError(name, f"wrong shape: image has {len(shape)} axes {image.data.shape} (expected a 1D or 2D spectrum)")

@@ -1,4 +1,5 @@
-"""Header metadata shared by every reader: target, pointing, times, exposure, S/N cards."""
+"""Header metadata shared by every reader: target, pointing, times, exposure, S/N cards, and what
+the header (or the spectrograph's known record) says about resolution, wavelength medium and frame."""
 from __future__ import annotations
 
 import re
@@ -9,16 +10,74 @@ from astropy.io import fits
 from .detect import Cards
 
 RESOLUTION = {"HARPS": 115000.0, "HARPS-N": 115000.0}
-"""Resolving power per instrument; ESPRESSO depends on its mode (see :func:`resolution`)."""
+"""Resolving power per instrument; ESPRESSO depends on its mode and MIKE on its slit (see
+:func:`resolution`)."""
 ESPRESSO_RESOLUTION = {"SINGLEHR": 140000.0, "MULTIMR": 70000.0, "SINGLEUHR": 190000.0}
+MIKE_RESOLUTION_1ARCSEC = {"MIKE-BLUE": 28000.0, "MIKE-RED": 22000.0}
+"""Magellan MIKE resolving power with the 1.0 arcsec slit; it scales as 1 / slit width (``SLITSIZE``, arcsec)."""
+RESOLUTION_CARDS = ("SPEC_RES", "RESOLUTN", "RESOLVPW", "RESOLUTION", "RESOLV", "SPECRES")
+"""Header cards that give the resolving power lambda/dlambda (ESO Phase 3: ``SPEC_RES``)."""
+FRAMES = {"BARYCENT": "barycentric", "HELIOCEN": "barycentric", "TOPOCENT": "observatory", "SOURCE": "rest"}
+"""FITS ``SPECSYS`` values (WCS paper III) and the frames they mean (heliocentric differs from
+barycentric by < 0.013 km/s)."""
 
 
-def resolution(instrument: str, cards: Cards) -> float:
-    """Resolving power of the spectrograph mode (ESPRESSO: ``INS MODE``; default HR 140,000)."""
+def _header_resolution(header: fits.Header) -> float | None:
+    for key in RESOLUTION_CARDS:
+        v = _float(header.get(key))
+        if v is not None and 1000 < v < 2e6:
+            return v
+    return None
+
+
+def resolution(instrument: str, cards: Cards, header: fits.Header | None = None) -> tuple[float | None, str]:
+    """Resolving power and where it came from: a header card (:data:`RESOLUTION_CARDS`, "header"),
+    the instrument's record ("instrument"; ESPRESSO by ``INS MODE``, default HR 140,000; MIKE by
+    ``SLITSIZE``), or ``(None, "assumed")`` when neither knows (the caller assumes a value)."""
+    header = cards.header if header is None else header
+    r = _header_resolution(header)
+    if r is not None:
+        return r, "header"
     if instrument == "ESPRESSO":
         mode = str(cards.get("INS MODE", "SINGLEHR")).upper()
-        return ESPRESSO_RESOLUTION.get(mode, 140000.0)
-    return RESOLUTION[instrument]
+        return ESPRESSO_RESOLUTION.get(mode, 140000.0), "instrument"
+    if instrument in RESOLUTION:
+        return RESOLUTION[instrument], "instrument"
+    arm = instrument.upper()
+    if arm in MIKE_RESOLUTION_1ARCSEC:
+        slit = _float(header.get("SLITSIZE"))
+        if slit and slit > 0:
+            return MIKE_RESOLUTION_1ARCSEC[arm] / slit, "instrument"
+        return MIKE_RESOLUTION_1ARCSEC[arm], "assumed"
+    return None, "assumed"
+
+
+def medium_from_cards(header: fits.Header) -> str | None:
+    """"air" / "vacuum" where a card says so (``CTYPE1`` AWAV / WAVE / ...VAC..., ``AIRORVAC``,
+    ``VACUUM``), else None."""
+    ctype = str(header.get("CTYPE1", "") or "").strip().upper()
+    if ctype.split("-")[0] == "AWAV" or "AIR" in ctype:
+        return "air"
+    if ctype.split("-")[0] == "WAVE" or "VAC" in ctype:  # FITS WCS III: WAVE is vacuum wavelength
+        return "vacuum"
+    airorvac = str(header.get("AIRORVAC", "") or header.get("WAVEMED", "") or "").strip().lower()
+    if airorvac.startswith("air"):
+        return "air"
+    if airorvac.startswith("vac"):
+        return "vacuum"
+    vac = header.get("VACUUM")
+    if isinstance(vac, bool):
+        return "vacuum" if vac else "air"
+    return None
+
+
+def frame_from_cards(*headers: fits.Header) -> str | None:
+    """Wavelength frame from the first ``SPECSYS`` card among ``headers``, else None."""
+    for h in headers:
+        v = str(h.get("SPECSYS", "") or "").strip().upper()
+        if v in FRAMES:
+            return FRAMES[v]
+    return None
 
 
 def _float(value) -> float | None:
@@ -33,13 +92,16 @@ def common(header: fits.Header, cards: Cards, instrument: str) -> dict:
     """Observation keyword arguments common to all formats.
 
     HARPS-N quirks handled: no OBJECT card (target in ``TNG OBS TARG NAME``), RA/DEC in hours
-    (``RA-DEG``/``DEC-DEG`` used instead).
+    (``RA-DEG``/``DEC-DEG`` used instead). Includes ``resolution`` and ``resolution_source``.
     """
     obj = header.get("OBJECT") or cards.get("OBS TARG NAME") or ""
     if instrument == "HARPS-N" or "RA-DEG" in header:
         ra, dec = _float(header.get("RA-DEG")), _float(header.get("DEC-DEG"))
+    elif "RA-D" in header:  # Magellan: RA/DEC are sexagesimal strings, RA-D/DEC-D degrees
+        ra, dec = _float(header.get("RA-D")), _float(header.get("DEC-D"))
     else:
         ra, dec = _float(header.get("RA")), _float(header.get("DEC"))
+    r, r_source = resolution(instrument, cards, header)
     return dict(
         object=str(obj).strip(),
         ra_deg=ra,
@@ -47,7 +109,8 @@ def common(header: fits.Header, cards: Cards, instrument: str) -> dict:
         date_obs=(str(header["DATE-OBS"]).strip() if header.get("DATE-OBS") else None),
         mjd_obs=_float(header.get("MJD-OBS")),
         exptime_s=_float(header.get("EXPTIME")),
-        resolution=resolution(instrument, cards),
+        resolution=r,
+        resolution_source=r_source,
     )
 
 
@@ -86,3 +149,28 @@ def old_drs(header: fits.Header, cards: Cards) -> dict:
         rv_kms=cards.float("DRS CCF RVC"),
         snr=order_snr(header, r"(?:ESO|TNG) DRS SPE EXT SN(\d+)$", first=0),
     )
+
+
+def new_drs(header: fits.Header, cards: Cards) -> dict:
+    """Observation fields from the new-DRS cards (HARPS-N DRS 2.x/3.x, ESPRESSO pipeline) shared by
+    S2D and S1D products: pipeline id, ``QC BJD``, ``QC BERV`` (km/s), ``QC CCF RV`` (km/s,
+    barycentric) and per-order S/N (``QC ORDER{n} SNR``, n from 1)."""
+    return dict(
+        drs_version=str(cards.get("PRO REC1 PIPE ID") or cards.get("DRS VERSION") or "new-DRS"),
+        bjd=cards.float("QC BJD"),
+        berv_kms=cards.float("QC BERV"),
+        rv_kms=cards.float("QC CCF RV"),
+        snr=order_snr(header, r"(?:ESO|TNG) QC ORDER(\d+) SNR$", first=1),
+    )
+
+
+def pipeline(header: fits.Header, cards: Cards) -> tuple[str | None, dict]:
+    """Which DRS family wrote ``header`` and its fields: ("old-DRS", :func:`old_drs`) when it has
+    ``DRS BERV``/``DRS VERSION`` cards, ("new-DRS", :func:`new_drs`) with ``QC BERV`` or a
+    ``PRO REC1 PIPE ID``, else (None, {}). Both families write 1D products in the barycentric frame,
+    in air unless a column or extension says vacuum."""
+    if cards.has("QC BERV") or cards.has("PRO REC1 PIPE ID"):
+        return "new-DRS", new_drs(header, cards)
+    if cards.has("DRS BERV") or cards.has("DRS VERSION"):
+        return "old-DRS", old_drs(header, cards)
+    return None, {}

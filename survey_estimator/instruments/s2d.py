@@ -12,7 +12,7 @@ from astropy.io import fits
 
 from ..observation import Observation, ReadError
 from .detect import Cards
-from .metadata import common, order_snr
+from .metadata import common, new_drs
 from .noise import der_snr_variance
 
 WAVE_EXTENSIONS = (("WAVEDATA_AIR_BARY", "air"), ("WAVEDATA_VAC_BARY", "vacuum"))
@@ -48,23 +48,19 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze=Non
     if qual is not None and qual.data is not None and qual.data.shape == flux.shape:
         mask &= np.asarray(qual.data) == 0
     wave = np.where(np.isfinite(wave) & (wave > 0), wave, np.nan)
-    pipe = cards.get("PRO REC1 PIPE ID") or cards.get("DRS VERSION") or "new-DRS"
     return Observation(
         flux=flux,
         variance=variance,
         wave=wave,
         mask=mask,
         medium=medium,
+        medium_source="header",
         frame="barycentric",
         instrument=instrument,
-        drs_version=str(pipe),
         kind="s2d",
         source=name,
-        bjd=cards.float("QC BJD"),
-        berv_kms=cards.float("QC BERV"),
-        rv_kms=cards.float("QC CCF RV"),
-        snr=order_snr(header, r"(?:ESO|TNG) QC ORDER(\d+) SNR$", first=1),
         blaze_corrected="BLAZE" not in str(cards.get("PRO CATG", "")).upper(),
         orders=np.arange(flux.shape[0]),
         **common(header, cards, instrument),
+        **new_drs(header, cards),
     )
