@@ -44,7 +44,7 @@ from .layout import FIRST_ROW, LAYOUT_VERSION, N_ORDERS, harpn_reference_coeffic
 from .sampling.interpolation import GridInterpolator
 from .sampling.nuisance import continuum_counts_for_snr
 from .sampling.resample import doppler_factors
-from .sampling.spectrum import SpectrumRenderer
+from .forward import ForwardModel
 from .synth.store import DenseGrid, GridStore
 
 log = logging.getLogger(__name__)
@@ -185,20 +185,21 @@ class E2dsSimulator:
     """Writes simulated e2ds + blaze files from one loaded grid.
 
     Args:
-        grid: a store URI, :class:`GridStore`, :class:`DenseGrid` or a ready :class:`SpectrumRenderer`.
+        grid: a store URI, :class:`GridStore`, :class:`DenseGrid` or a ready :class:`ForwardModel`
+            (THE forward model: the same physics the sampler and the fit use).
         device: torch device for the rendering.
     """
 
-    def __init__(self, grid: str | os.PathLike | GridStore | DenseGrid | SpectrumRenderer, device: str = "cpu"):
-        if isinstance(grid, SpectrumRenderer):
-            self.renderer = grid
+    def __init__(self, grid: str | os.PathLike | GridStore | DenseGrid | ForwardModel, device: str = "cpu"):
+        if isinstance(grid, ForwardModel):
+            self.model = grid
         else:
             if isinstance(grid, (str, os.PathLike)):
                 grid = GridStore(str(grid))
             if isinstance(grid, GridStore):
                 grid = grid.load_dense()
-            self.renderer = SpectrumRenderer(GridInterpolator.from_dense(grid, device=device))
-        self.grid_id = self.renderer.interpolator.grid_id
+            self.model = ForwardModel.from_interpolator(GridInterpolator.from_dense(grid, device=device), progress=False)
+        self.grid_id = self.model.grid_id
         coeffs, degree = harpn_reference_coefficients()
         self.wave = wavelength_solution(coeffs, degree)  # (69, 4096) air A
         self.blaze = instrument_blaze()
@@ -209,7 +210,7 @@ class E2dsSimulator:
         labels = torch.tensor([[e.teff, e.logg, e.mh, e.vsini] for e in exposures], dtype=torch.float64)
         factor = doppler_factors(torch.tensor([e.rv for e in exposures]), torch.tensor([e.berv for e in exposures]))
         with torch.no_grad():
-            out = self.renderer(labels, factor)
+            out = self.model.observed(labels, factor, self.wave[FIRST_ROW : FIRST_ROW + N_ORDERS])
         return out.double().cpu().numpy()
 
     def expected_counts(self, exposure: Exposure, spectrum: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

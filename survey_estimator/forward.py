@@ -102,9 +102,30 @@ def _cache_root() -> Path:
     return Path(cache_dir()) / "forward"
 
 
+def broaden(flux: torch.Tensor, labels: np.ndarray, vsini: torch.Tensor, step: float, config: ForwardConfig) -> torch.Tensor:
+    """Steps 1-2 on fine-grid spectra: macroturbulence (width from each spectrum's Teff and log g)
+    then rotation.
+
+    Args:
+        flux: (B, L) fine-grid spectra at v sin i = 0, vmac = 0.
+        labels: (B, >=2) their Teff (K) and log g (dex).
+        vsini: (B,) km/s.
+        step: the fine grid's velocity step (km/s).
+    Returns:
+        (B, L) broadened spectra, dtype of ``flux``.
+    """
+    if config.macroturbulence:
+        zeta = macroturbulence.vmac_relation(labels[:, 0], labels[:, 1])
+        kernels = [macroturbulence.rt_kernel(float(z), step) for z in zeta]
+        K = max(k.numel() for k in kernels) // 2
+        flux = convolve_same(flux, torch.stack([torch.nn.functional.pad(k, (K - k.numel() // 2,) * 2) for k in kernels]))
+    return rotational_broadening(flux, vsini.to(flux.dtype), step, config.epsilon,
+                                 vsini_max=max(float(max(config.vsini_nodes)), float(vsini.max())))
+
+
 def build_table(rows: torch.Tensor, row_labels: np.ndarray, wave: np.ndarray, config: ForwardConfig,
                 batch: int = 16, progress: bool = False) -> torch.Tensor:
-    """Precompute steps 1-3 for every grid row.
+    """Precompute steps 1-3 (:func:`broaden`, then resampling) for every grid row at every v sin i node.
 
     Args:
         rows: (R, L) fine-grid spectra at v sin i = 0 (continuum-normalised).
@@ -124,14 +145,8 @@ def build_table(rows: torch.Tensor, row_labels: np.ndarray, wave: np.ndarray, co
     for start in tqdm(range(0, R, batch), desc="forward table", unit="batch", disable=not progress, mininterval=5.0):
         flux = rows[start : start + batch].to(torch.float64).cpu()
         b = flux.shape[0]
-        if config.macroturbulence:
-            zeta = macroturbulence.vmac_relation(row_labels[start : start + b, 0], row_labels[start : start + b, 1])
-            kernels = [macroturbulence.rt_kernel(float(z), step) for z in zeta]
-            K = max(k.numel() for k in kernels) // 2
-            kern = torch.stack([torch.nn.functional.pad(k, (K - k.numel() // 2,) * 2) for k in kernels])
-            flux = convolve_same(flux, kern)
-        rep = flux.repeat_interleave(V, dim=0)  # (b V, L)
-        rot = rotational_broadening(rep, vs.repeat(b), step, config.epsilon, vsini_max=float(vs.max()))
+        labels = np.repeat(row_labels[start : start + b], V, axis=0)
+        rot = broaden(flux.repeat_interleave(V, dim=0), labels, vs.repeat(b), step, config)
         out[start : start + b] = resampler(rot).reshape(b, V, *target.shape).to(torch.float32)
     return out
 
@@ -170,8 +185,11 @@ class ForwardModel:
         grid_id: provenance.
     """
 
-    def __init__(self, table: torch.Tensor, index_map, axes, config: ForwardConfig, grid_id: str = ""):
+    def __init__(self, table: torch.Tensor, index_map, axes, config: ForwardConfig, grid_id: str = "",
+                 interpolator: GridInterpolator | None = None):
         self.table = table
+        self.interpolator = interpolator
+        """The grid's fine rows, for :meth:`observed` (None when only the table was given)."""
         self.device = table.device
         self.config = config
         self.grid_id = grid_id
@@ -225,7 +243,7 @@ class ForwardModel:
         if (~own).any():
             extra = build_table(interp.rows[n_own:], labels[n_own:], interp.wave, config)
             table = torch.cat([table, extra])
-        return cls(table.to(interp.device), index_map, interp.axes, config, interp.grid_id)
+        return cls(table.to(interp.device), index_map, interp.axes, config, interp.grid_id, interp)
 
     @classmethod
     def from_grid(cls, grid, device: str = "cpu", config: ForwardConfig | None = None, cache: bool = True,
@@ -242,7 +260,8 @@ class ForwardModel:
 
     def with_index_map(self, index_map) -> "ForwardModel":
         """Another view of the same table (e.g. a split's training view)."""
-        return ForwardModel(self.table, np.asarray(torch.as_tensor(index_map).cpu()), self.axes[:3], self.config, self.grid_id)
+        interp = self.interpolator.with_index_map(index_map) if self.interpolator is not None else None
+        return ForwardModel(self.table, np.asarray(torch.as_tensor(index_map).cpu()), self.axes[:3], self.config, self.grid_id, interp)
 
     # -- geometry ---------------------------------------------------------------------------------
     def clamp(self, labels: torch.Tensor) -> torch.Tensor:
@@ -372,6 +391,27 @@ class ForwardModel:
         if not jacobian:
             return out[:, 0], None
         return out[:, 0], torch.cat([out[:, 1:], drv[:, None]], dim=1)
+
+    def observed(self, labels: torch.Tensor, factor: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        """The same physics at any Doppler shift and in any wavelength layout, from the fine grid
+        (no table): what ``simulate`` writes into a native e2ds.
+
+        Args:
+            labels: (B, 4); factor: (B,) Doppler factors lambda_obs / lambda_rest (any RV);
+            target: (O, P) observed wavelengths (A).
+        Returns:
+            (B, O, P) float64 continuum-normalised spectra. They equal :meth:`spectra` at the
+            table's nodes up to the resampling (checked by the parity test); between nodes the
+            table interpolates what this computes exactly.
+        """
+        if self.interpolator is None:
+            raise ValueError("this forward model holds only its table: build it from a grid to render other layouts")
+        labels = torch.as_tensor(labels, dtype=torch.float64, device=self.device).reshape(-1, 4)
+        flux = self.interpolator.interpolate(labels).to(torch.float64)
+        lab = labels.cpu().numpy()
+        step = self.interpolator.velocity_step
+        spec = broaden(flux, lab, labels[:, 3], step, self.config)
+        return LayoutResampler(self.interpolator.wave, target, device=self.device)(spec, factor)
 
     def describe(self) -> dict:
         """JSON-ready description (provenance of fits made with this model)."""
