@@ -10,7 +10,8 @@ values). Exactly one spectrum per file: two tables with spectra, or several rows
 are refused.
 
 Medium: from the wavelength column's name, else the header cards, else the format's convention
-(Phase-3 and DRS products: air), else assumed air. Frame: ``SPECSYS``, else the DRS convention
+(Phase-3 and old-DRS products: air; the new-DRS S1D's plain ``wavelength`` column: vacuum), else
+assumed air. Frame: ``SPECSYS``, else the DRS convention
 (barycentric), else assumed (and the RV measured).
 """
 from __future__ import annotations
@@ -133,7 +134,7 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze=Non
         variance=spec.variance,
         wave=spec.wave,
         mask=spec.mask,
-        medium=medium or "air",
+        medium=medium or ("vacuum" if family == "new-DRS" else "air"),
         medium_source="header" if medium else ("format" if convention else "assumed"),
         frame=frame or "barycentric",
         frame_source="header" if frame else ("format" if convention else "assumed"),
