@@ -216,14 +216,16 @@ class ForwardModel:
 
         ``row_labels`` (R, 3) gives the labels of rows the view's index map does not point at (a
         sampler's training fills); the table of the grid's own rows is cached under
-        ``<cache>/forward/`` keyed by the grid id and ``config``.
+        ``<cache>/forward/`` keyed by the grid id, ``config`` and the set of nodes.
         """
         config = config or ForwardConfig()
         index_map = interp.index_map.cpu().numpy()
         labels = row_labels if row_labels is not None else row_labels_of(index_map, interp.axes, interp.rows.shape[0])
         n_own = int((index_map >= 0).sum())
         own = np.arange(interp.rows.shape[0]) < n_own
-        path = _cache_root() / f"{interp.grid_id}-{config.key(interp.grid_id)}.npy" if cache and interp.grid_id else None
+        nodes = hashlib.sha256(np.ascontiguousarray(index_map[..., None] >= 0).tobytes()
+                               + json.dumps([list(map(float, a)) for a in interp.axes]).encode()).hexdigest()[:8]
+        path = _cache_root() / f"{interp.grid_id}-{config.key(interp.grid_id)}-{nodes}.npy" if cache and interp.grid_id else None
         table = None
         if path is not None and path.exists():
             arr = np.load(path, mmap_mode="r")

@@ -2,8 +2,9 @@
 
 In order: an explicit URI (``--grid``: a store folder, ``s3://`` store or packed ``.npz``); the
 store the model bundle records (``grid_uri`` in its manifest) when it is reachable; the packed
-grid shipped in ``survey_estimator/data/grids/<grid_id>.npz``; a finished store with the bundle's
-grid id under ``<cache>/grids/``. None when nothing matches: the network's estimate is then
+grid shipped in ``survey_estimator/data/grids/<grid_id>.npz`` (small and always the same); a
+finished store with the bundle's grid id under ``<cache>/grids/``. A larger build of the same
+physics (e.g. the full Table-1 grid) is used by naming it with ``--grid``. None when nothing matches: the network's estimate is then
 the result (``method`` = "network") and a warning says why.
 """
 from __future__ import annotations
