@@ -2,8 +2,9 @@
 
 Readers in :mod:`survey_estimator.instruments` produce an :class:`Observation`; the single
 preprocessing path (:func:`survey_estimator.preprocess.preprocess`) turns it into model input.
-Anything wrong with a file (not FITS, truncated, calibration frame, foreign instrument, no
-wavelength solution, no coverage of the science band, ...) raises :class:`ReadError`.
+Anything wrong with a file (neither FITS nor a text spectrum, truncated, calibration frame, no
+wavelength solution, several spectra in one file, R below 20,000, no coverage of the science
+band, ...) raises :class:`ReadError`.
 
 Shapes: echelle formats hold one row per order, ``(n_orders, n_pixels)``; merged 1D spectra are
 ``(n_pixels,)``. Wavelengths are in Angstrom.

@@ -8,6 +8,7 @@ median offset of the three Mg b lines (5167.32, 5172.68, 5183.60 A, air) is with
 from __future__ import annotations
 
 import gzip
+import json
 import warnings
 
 import numpy as np
@@ -354,3 +355,19 @@ def test_read_stage_takes_the_resolution_override(data_dir):
     assert given["instrument"] == "unknown"
     low = read_one(uri, ReadOptions(retries=1, resolution=10000.0))
     assert low["status"] == "error" and "below the 20,000" in low["error"]
+
+
+def test_inspect_says_what_was_assumed(data_dir, capsys):
+    from survey_estimator.cli import run_command
+
+    assert run_command("inspect", [str(data_dir / SCO)]) == 0
+    out = capsys.readouterr().out
+    assert "R = 25,100 (assumed)" in out and "medium        air (assumed)" in out
+    assert "assumed       instrument, resolution, medium, frame" in out and "coverage 53%" in out
+    assert "PARTIAL_COVERAGE" in out and "Mg b offset" in out
+    assert run_command("inspect", ["--json", "--resolution", "32000", str(data_dir / SCO)]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["resolution"], s["resolution_source"]) == (32000.0, "user")
+    assert abs(float(np.median(s["mgb_offsets_A"]))) < REST_A
+    assert run_command("inspect", ["--resolution", "15000", str(data_dir / SCO)]) == 2
+    assert "below the 20,000" in capsys.readouterr().err
