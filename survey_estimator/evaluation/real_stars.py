@@ -50,8 +50,28 @@ REAL_STARS: tuple[RealStar, ...] = (
 """Literature values as checked in ``../shared/docs/FACTS.md`` (approximate, rounded)."""
 
 
-def find_files(data_dir: str, stars: tuple[RealStar, ...] = REAL_STARS) -> dict[RealStar, str]:
-    """{star: path} for the stars whose file is in ``data_dir`` (others are left out)."""
+def benchmark_stars(data_dir: str) -> tuple[RealStar, ...]:
+    """The stars listed in ``data_dir/benchmarks.csv`` (file, star, instrument, teff, logg, mh;
+    rows without literature values are kept as format cases with NaN)."""
+    import csv
+    import math
+
+    path = os.path.join(data_dir, "benchmarks.csv")
+    if not os.path.isfile(path):
+        return ()
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            num = lambda k: float(row[k]) if row.get(k) not in (None, "") else math.nan  # noqa: E731
+            where = "inside the fit's grid" if 4000 <= num("teff") <= 7000 and 3.0 <= num("logg") and num("mh") >= -1.5 else "outside the fit's grid"
+            out.append(RealStar(row["star"], (row["file"],), row["instrument"], "", num("teff"), num("logg"), num("mh"), where))
+    return tuple(out)
+
+
+def find_files(data_dir: str, stars: tuple[RealStar, ...] | None = None) -> dict[RealStar, str]:
+    """{star: path} for the stars whose file is in ``data_dir`` (others are left out): the
+    instrument files of :data:`REAL_STARS` and the benchmarks listed in ``benchmarks.csv``."""
+    stars = (*REAL_STARS, *benchmark_stars(data_dir)) if stars is None else stars
     out = {}
     for star in stars:
         for name in star.files:
@@ -87,11 +107,17 @@ def check_real_stars(ref, data_dir: str, use_dae: bool = True) -> list[dict]:
     for star, path, row in zip(stars, paths, rows):
         entry = {"star": star.name, "kind": star.kind, "spectral_type": star.spectral_type, "where": star.where,
                  "file": os.path.basename(path), "lit_teff": star.teff, "lit_logg": star.logg, "lit_feh": star.feh,
-                 "status": row["status"], "error": row["error"], "flags": flag_names(row["flags"] or 0)}
+                 "status": row["status"], "error": row["error"], "flags": flag_names(row["flags"] or 0),
+                 "method": row.get("method"), "chi2_red": row.get("chi2_red"), "model_error": row.get("model_error")}
         for name in LABEL_NAMES:
             entry[name], entry[f"{name}_err"] = row[name], row[f"{name}_err"]
+            entry[f"nn_{name}"] = row.get(f"nn_{name}")
         out.append(entry)
     return out
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else f"{v:{fmt}}"
 
 
 def _est(row: dict, name: str, fmt: str) -> str:
@@ -100,15 +126,31 @@ def _est(row: dict, name: str, fmt: str) -> str:
     return f"{row[name]:{fmt}} +/- {row[f'{name}_err']:{fmt}}"
 
 
+def within_2_sigma(row: dict) -> str:
+    """'T g M' letters of the labels whose literature value lies within 2 sigma ('-' for none)."""
+    import math
+
+    out = ""
+    for name, lit, letter in (("teff", "lit_teff", "T"), ("logg", "lit_logg", "g"), ("mh", "lit_feh", "M")):
+        v, e, lv = row.get(name), row.get(f"{name}_err"), row.get(lit)
+        if v is not None and e is not None and lv is not None and not math.isnan(lv) and abs(v - lv) <= 2 * e:
+            out += letter
+    return out or "-"
+
+
 def markdown(rows: list[dict]) -> str:
-    """The check as a markdown table: estimate (calibrated 1 sigma) beside the literature value."""
-    lines = ["| star | file | Teff (K) | lit. | log g | lit. | [M/H] | lit. [Fe/H] | v sin i (km/s) | flags |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The check as a markdown table: estimate (1 sigma) beside the literature value, the method,
+    the fit's chi^2 and model error, the network's first guess and which labels agree within 2 sigma."""
+    lines = ["| star | file | Teff (K) | lit. | log g | lit. | [M/H] | lit. [Fe/H] | v sin i (km/s) | method | chi2_red | model error | network Teff / log g / [M/H] | within 2 sigma | flags |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flags = ", ".join(n for n in r["flags"] if n != "READ_ERROR") or "-"
         if r["status"] != "ok":
             flags = f"error: {r['error']}"
-        lines.append(f"| {r['star']} ({r['spectral_type']}, {r['where']}) | {r['file']} | {_est(r, 'teff', '.0f')} | {r['lit_teff']:.0f} "
+        kind = ", ".join(x for x in (r["spectral_type"], r["where"]) if x)
+        lines.append(f"| {r['star']} ({kind}) | {r['file']} | {_est(r, 'teff', '.0f')} | {r['lit_teff']:.0f} "
                      f"| {_est(r, 'logg', '.2f')} | {r['lit_logg']:.2f} | {_est(r, 'mh', '.2f')} | {r['lit_feh']:+.2f} "
-                     f"| {_est(r, 'vsini', '.1f')} | {flags} |")
+                     f"| {_est(r, 'vsini', '.1f')} | {r.get('method') or '-'} | {_num(r.get('chi2_red'), '.1f')} "
+                     f"| {_num(r.get('model_error'), '.3f')} | {_num(r.get('nn_teff'), '.0f')} / {_num(r.get('nn_logg'), '.2f')} / "
+                     f"{_num(r.get('nn_mh'), '.2f')} | {within_2_sigma(r)} | {flags} |")
     return "\n".join(lines)
