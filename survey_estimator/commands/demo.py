@@ -8,7 +8,8 @@ mlflow/ (or $MLFLOW_TRACKING_URI), outputs under --workdir. Steps (each is also 
                   (a smoke test of the machinery: minutes of CPU, not a useful estimator)
   3. simulate     a mock HARPS-N archive of e2ds files at known labels over two nights
   4. catalogue    the archive -> Parquet catalogue with the registered model (Ray Data)
-  5. query        DuckDB over the catalogue: estimates beside the true labels
+  5. query        DuckDB over the catalogue: the fitted estimates (and the network's first guess)
+                  beside the true labels
 
 A rerun reuses the grid and the archive and adds no catalogue rows (the catalogue is incremental).
 """
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if not truth_csv.exists():
         truth = _mock_archive(str(grid), archive, args.files)
         truth_csv.write_text("object,true_teff,true_logg,true_mh,true_vsini\n"
-                             + "".join(f"{o},{t:.0f},{g:.2f},{m:.2f},{v:.1f}\n" for o, t, g, m, v in truth))
+                             + "".join(f"{o},{t:.1f},{g:.4f},{m:.4f},{v:.3f}\n" for o, t, g, m, v in truth))
         log.info("wrote %d e2ds files under %s (true labels in %s)", len(truth), archive, truth_csv)
     else:
         log.info("archive exists, reusing it")
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("step 5/5: query the catalogue with DuckDB")
     return run_command("query", ["--catalogue", str(catalogue),
-                                 "SELECT night, object, status, round(snr) AS snr, round(teff) AS teff, "
-                                 "round(teff_err) AS teff_err, t.true_teff, round(logg, 2) AS logg, t.true_logg, "
-                                 "round(mh, 2) AS mh, t.true_mh, round(vsini, 1) AS vsini, t.true_vsini "
+                                 "SELECT night, object, status, method, round(snr) AS snr, round(teff) AS teff, "
+                                 "round(teff_err) AS teff_err, t.true_teff, round(logg, 3) AS logg, round(logg_err, 3) AS logg_err, "
+                                 "t.true_logg, round(mh, 3) AS mh, round(mh_err, 3) AS mh_err, t.true_mh, round(vsini, 2) AS vsini, "
+                                 "round(vsini_err, 2) AS vsini_err, t.true_vsini, round(chi2_red, 2) AS chi2_red, round(nn_teff) AS nn_teff "
                                  f"FROM latest JOIN read_csv('{truth_csv}') t USING (object) ORDER BY object"])

@@ -81,7 +81,7 @@ class FitConfig:
     step_tolerance: float = 1e-3
     sigma_tolerance: float = 0.05
     model_error: str | float = "auto"
-    poor_fit_model_error: float = 0.08
+    poor_fit_model_error: float = 0.12
     wide_sigma_steps: float = 0.5
     rv_limit: float = 15.0
     chunk: int = 32
