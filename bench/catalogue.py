@@ -7,7 +7,9 @@ grid, untrained tiny model unless --model is given) it measures, in one run:
 * ``read_ray``:   listing + FITS reading alone as Ray Data tasks (the parallel read ceiling);
 * ``naive``:      a plain loop: open, preprocess, run the model one file at a time;
 * ``pipeline``:   ``run_catalogue`` end to end (list, skip, read+preprocess tasks, model actors,
-  Parquet), into a fresh catalogue folder.
+  Parquet), into a fresh catalogue folder, with the network alone (``--no-fit``);
+* ``pipeline_with_fit``: the same with the likelihood fit on the shipped packed grid (the
+  default path of ``catalogue``; ``--skip-fit`` leaves it out).
 
 Usage: python bench/catalogue.py [--n 500] [--workdir /tmp/se-bench-catalogue] [--json OUT]
 """
@@ -108,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--skip-fit", action="store_true", help="measure the pipeline without the likelihood fit only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -140,11 +143,16 @@ def main(argv=None) -> int:
     ensure_ray()
     t, count = _timed(lambda: read_ray(archive))
     results["read_ray_files_per_s"] = count / (t + t_list)
-    out = workdir / f"catalogue-{int(time.time())}"
-    t, summary = _timed(lambda: run_catalogue(CatalogueConfig(archive=str(archive), out=str(out), model=model,
-                                                             batch_size=args.batch_size, actors=args.actors)))
-    results["pipeline_files_per_s"] = summary.processed / t
-    results["pipeline_rows"] = {"ok": summary.ok, "error": summary.errors}
+    from survey_estimator.fit.grid import default_grid
+
+    runs = (("pipeline_files_per_s", False),) if args.skip_fit else (("pipeline_files_per_s", False), ("pipeline_with_fit_files_per_s", True))
+    for key, fit in runs:
+        out = workdir / f"catalogue-{int(time.time())}-{key}"
+        t, summary = _timed(lambda: run_catalogue(CatalogueConfig(
+            archive=str(archive), out=str(out), model=model, batch_size=args.batch_size, actors=args.actors,
+            fit=fit, grid=default_grid() if fit else None)))
+        results[key] = summary.processed / t
+        results[key.replace("files_per_s", "rows")] = {"ok": summary.ok, "error": summary.errors}
     results["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=1))
     if args.json:
