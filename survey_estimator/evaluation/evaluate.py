@@ -180,7 +180,7 @@ class EvaluationReport:
 
 
 def _slug(key: str) -> str:
-    return key.lower().replace("s/n ", "snr").replace(" ", "_").replace("/", "_")
+    return key.lower().replace("s/n ", "snr").replace(",", "").replace(" ", "_").replace("/", "_")
 
 
 def sampler_for(grid, cfg: EvalConfig, device: str | torch.device) -> Sampler:
