@@ -14,7 +14,8 @@ For each spectrum (:func:`fit_spectra`):
    model-error eps that brings the reduced chi^2 to 1 is solved for and the fit is repeated with
    ``var + (eps m)^2``; a spectrum the forward model describes keeps eps = 0;
    isolated outliers (cosmics, bad pixels: residuals beyond ``clip_sigma``) are masked and the
-   fit repeated;
+   fit repeated; below S/N ``model_variance_snr`` the noise variance is first re-derived from the
+   fitted model (a variance from the noisy counts is correlated with the noise and biases the fit);
 4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised); where a
    model error was needed, multiplied by the correlation length of the whitened residuals
    (:func:`correlation_length`), since model errors are correlated over a line width.
@@ -70,6 +71,8 @@ class FitConfig:
         rv_limit: |RV residual| bound in km/s.
         chunk: spectra per batch (memory: ~10 MB per spectrum).
         degree: per-order continuum polynomial degree.
+        model_variance_snr: below this median S/N the noise variance is re-derived from the model
+            (photon noise of the fitted spectrum, not of the noisy data) and the fit repeated.
         clip_sigma: pixels whose residual exceeds this many sigmas after the first pass (cosmics,
             bad pixels the mask missed) are masked, with their neighbours, for the final pass.
         precision: dtype of the per-pixel work ("float32"; the normal equations are solved in
@@ -87,6 +90,7 @@ class FitConfig:
     chunk: int = 32
     degree: int = continuum.DEGREE
     clip_sigma: float = 5.0
+    model_variance_snr: float = 40.0
     precision: str = "float32"
 
 
@@ -234,6 +238,15 @@ class Fitter:
         dof = (n_used - N_THETA - orders_used * self.basis.shape[0]).clamp_min(1).to(torch.float64)
         model = st.spec * continuum.evaluate(st.coef, self.basis)
         eps = torch.full((B,), eps0, dtype=torch.float64, device=dev)
+        # at low S/N a variance estimated from the noisy counts is correlated with the noise and
+        # biases the fit: photon noise of the MODEL instead, var * model / y (the counts-per-unit-
+        # flux scale y / var is smooth), and the fit repeated
+        snr = torch.nanmedian(torch.where(mask, y / torch.sqrt(var), torch.full_like(y, float("nan"))).reshape(B, -1), dim=1).values
+        low = torch.isfinite(snr) & (snr < cfg.model_variance_snr)
+        if low.any():
+            var = torch.where(low[:, None, None] & mask & (y > 0), var * model.clamp_min(1e-3) / y.clamp_min(1e-3), var)
+            st, iters, conv = self._refit(st, iters, conv, low, y, likelihood.weights(mask, var, model, eps0), resolution)
+            model[low] = st.spec[low] * continuum.evaluate(st.coef[low], self.basis)
         # isolated outliers (cosmics, bad pixels the mask missed): masked when they are few
         mask, again = self._clip(y, model, var, eps, mask, max_fraction=0.002)
         if again.any():
