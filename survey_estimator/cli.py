@@ -51,12 +51,19 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+HTTP_CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+"""At DEBUG these print request headers and signatures (key id, session token): kept at INFO even with -v."""
+
+
 def configure_logging(verbose: bool = False) -> None:
+    """Root logging at INFO (DEBUG with ``-v``), the :data:`HTTP_CLIENT_LOGGERS` never below INFO."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def run_command(name: str, argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 S3 endpoint, region and credentials come from the standard AWS environment variables
 (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``, ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), so AWS, MinIO, Ceph and moto all work.
-Ray workers do not inherit the driver's environment: pass :func:`s3_env` through
-``runtime_env={"env_vars": ...}`` or hand workers the filesystem object itself.
+Ray workers on a cluster do not inherit the driver's environment: never pass credentials in a
+``runtime_env`` (Ray logs it in clear); :mod:`survey_estimator.ray_env` says how they travel.
 Credentials are never formatted into messages: :func:`redact` strips them from any text.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def is_s3(uri: str) -> bool:
 
 
 def s3_env() -> dict[str, str]:
-    """The S3 variables set in this process, for a Ray ``runtime_env``."""
+    """The S3 variables set in this process (credentials included: see :func:`~survey_estimator.ray_env.worker_env`)."""
     return {k: os.environ[k] for k in S3_ENV_VARS if os.environ.get(k)}
 
 
@@ -152,6 +152,8 @@ def resolve(uri: str | os.PathLike) -> Location:
     return Location(pafs.LocalFileSystem(), path, path)
 
 
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@")
+"""``scheme://user:password@`` (or ``scheme://token@``) in a URL."""
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(aws_secret_access_key|secret_key|secret|aws_session_token|session_token|password|token)(\s*[=:]\s*)(\S+)"),
     re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12,}\b"),
@@ -159,8 +161,10 @@ _SECRET_PATTERNS = [
 
 
 def redact(text: str) -> str:
-    """Remove credentials from ``text``: the values of the AWS variables in this environment and
-    anything that looks like a key, secret or token assignment."""
+    """Remove credentials from ``text``: the values of the AWS variables in this environment, the
+    user and password of URLs (``http://user:pw@host`` -> ``http://***@host``) and anything that
+    looks like a key, secret or token assignment."""
+    text = _URL_USERINFO.sub(r"\1***@", text)
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
         value = os.environ.get(name)
         if value and len(value) >= 4:

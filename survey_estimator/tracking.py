@@ -179,11 +179,14 @@ def system_info(device: str | None = None, num_workers: int | None = None) -> di
 
 
 def log_params(run_id: str, params: dict[str, Any], uri: str | None = None) -> None:
-    """Log a flat dict as params (values stringified, truncated to MLflow's 6000-char limit)."""
+    """Log a flat dict as params (values stringified and :func:`~survey_estimator.storage.redact`-ed,
+    so a tracking or storage URI never brings its password along; truncated to MLflow's 6000-char limit)."""
     from mlflow.entities import Param
 
+    from .storage import redact
+
     c = client(uri)
-    items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+    items = [Param(str(k), redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
 
@@ -268,9 +271,13 @@ def download_model(uri: str, dst: str | os.PathLike | None = None, tracking: str
     """A local directory holding the bundle at ``uri``.
 
     ``uri`` is ``models:/name@alias``, ``models:/name/N``, ``runs:/<id>/bundle`` or a local directory
-    (returned as is). Registry URIs resolve through the version's source.
+    (returned as is). Registry URIs resolve through the version's source. Only the bundle's own
+    files are downloaded, into ``dst`` itself (:func:`~survey_estimator.models.bundle.fetch_bundle`):
+    whatever else the artifact folder holds is never written here.
     """
     import mlflow
+
+    from .models.bundle import fetch_bundle
 
     if "://" not in uri and ":/" not in uri:
         path = Path(uri)
@@ -282,11 +289,19 @@ def download_model(uri: str, dst: str | os.PathLike | None = None, tracking: str
     source = uri
     if uri.startswith("models:/"):
         source = _version_source(uri, tracking)
+
+    def fetch(name: str, target: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{name}", dst_path=tmp,
+                                                        tracking_uri=tracking)
+            if not Path(local).is_file():
+                raise TrackingError(f"{name} in {source} is not a file")
+            os.replace(local, target)
+
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking)
-    except Exception as exc:  # mlflow raises several types for missing artifacts
+        return fetch_bundle(fetch, dst)
+    except Exception as exc:  # BundleError, TrackingError, and the several types mlflow raises for missing artifacts
         raise TrackingError(f"cannot download {uri} ({source}): {exc}") from None
-    return Path(local)
 
 
 def _version_source(uri: str, tracking: str) -> str:

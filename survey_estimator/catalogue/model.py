@@ -77,36 +77,38 @@ def _manifest_name(bundle, default: str) -> str:
     return str(getattr(m, "name", None) or getattr(m, "model_name", None) or default)
 
 
-def _find_bundle_dir(root: Path) -> Path:
-    """The folder inside a downloaded registry artifact that ``ModelBundle.load`` reads."""
-    candidates = [root] + sorted(p for p in root.rglob("*") if p.is_dir())
-    for c in candidates:
-        if (c / "manifest.json").exists() or (c / "bundle.json").exists():
-            return c
-    return root
-
-
 def _mlflow_download(name: str, version: str, dst: str) -> Path:
+    """The bundle files of registry version ``name``/``version``, downloaded into ``dst``."""
     from ..tracking import TrackingError, download_model
 
     try:
         path = download_model(f"models:/{name}/{version}", dst)
     except TrackingError as exc:
         raise ModelNotFoundError(redact(str(exc))) from None
-    return _find_bundle_dir(Path(path))
+    return path
 
 
 def _s3_download(uri: str, dst: str) -> Path:
+    """Copy the bundle under ``s3://...`` prefix ``uri`` into folder ``dst``: only the bundle's own
+    file names (:func:`~survey_estimator.models.bundle.fetch_bundle`), each within its size limit;
+    any other key under the prefix (``../x`` included) is ignored."""
+    from ..models.bundle import BundleError, MANIFEST, fetch_bundle, max_file_bytes
+
     loc = resolve(uri)
-    files = loc.list_files(recursive=True)
-    if not files:
-        raise ModelNotFoundError(f"no model bundle at {uri}")
-    for info in files:
-        rel = info.path[len(loc.path) :].lstrip("/")
-        target = Path(dst) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(loc.fs.open_input_stream(info.path).read())
-    return Path(dst)
+
+    def fetch(name: str, target: Path) -> None:
+        src = loc.join(name)
+        if not src.exists():
+            raise ModelNotFoundError(f"no model bundle at {uri}" if name == MANIFEST else f"{src.uri} is missing")
+        size = src.fs.get_file_info(src.path).size
+        if size is not None and size > max_file_bytes(name):
+            raise ModelNotFoundError(f"{src.uri} is larger than {max_file_bytes(name)} bytes")
+        target.write_bytes(src.read_bytes())
+
+    try:
+        return fetch_bundle(fetch, dst)
+    except BundleError as exc:
+        raise ModelNotFoundError(f"model bundle {uri} refused: {exc}") from None
 
 
 def resolve_model(spec: str | None) -> ModelRef:

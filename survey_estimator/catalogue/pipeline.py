@@ -26,27 +26,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
 
-from ..storage import StorageError, redact, resolve, s3_env
+from ..ray_env import worker_env
+from ..storage import StorageError, redact, resolve
 from .inventory import check_writable, done_keys, list_archive, new_work, open_catalogue, select_nights
 from .model import ModelRef, resolve_model
-from .read import ReadOptions, WorkerEnv, read_batch
+from .read import ReadOptions, read_batch
 from .schema import STATUS_OK
 from .write import NightWriter
 
 log = logging.getLogger(__name__)
-
-SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_TOKEN",
-                   "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-"""Never put into a Ray ``runtime_env``: Ray logs runtime envs in clear (runtime_env_agent.log,
-ray-data.log). They travel inside pickled task arguments (:class:`WorkerEnv`) instead."""
-PLAIN_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL")
 
 
 class CatalogueError(RuntimeError):
@@ -113,17 +107,6 @@ def _check_date(name: str, value: str | None) -> None:
         dt.date.fromisoformat(value)
     except ValueError:
         raise CatalogueError(f"--{name} must be YYYY-MM-DD, got {value!r}") from None
-
-
-def worker_env() -> tuple[dict[str, str], WorkerEnv]:
-    """(non-secret variables for ``runtime_env.env_vars``, secret ones wrapped for task arguments).
-
-    S3 endpoint/region and MLflow URIs go to the runtime env; credentials never do.
-    """
-    env = {**s3_env(), **{k: os.environ[k] for k in PLAIN_ENV_VARS + SECRET_ENV_VARS if os.environ.get(k)}}
-    env.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "0"))
-    plain = {k: v for k, v in env.items() if k not in SECRET_ENV_VARS}
-    return plain, WorkerEnv({k: v for k, v in env.items() if k in SECRET_ENV_VARS})
 
 
 def ensure_ray() -> None:

@@ -19,7 +19,8 @@ from datetime import datetime
 import numpy as np
 
 from ..layout import N_ORDERS, N_PIXELS
-from ..storage import Location, StorageError, is_s3, redact, resolve, s3_filesystem
+from ..ray_env import WorkerEnv  # also imported from here by predict.py
+from ..storage import S3_ENV_VARS, Location, StorageError, is_s3, redact, resolve, s3_filesystem
 from .inventory import TRANSIENT_PREFIX, blaze_key, night_selected
 from .schema import STATUS_ERROR, STATUS_OK, CatalogueFlag, night_from_mjd, night_now, night_of
 
@@ -28,30 +29,6 @@ log = logging.getLogger(__name__)
 X_SHAPE = (2, N_ORDERS, N_PIXELS)
 META_STR = ("object", "instrument", "drs_version")
 META_FLOAT = ("ra_deg", "dec_deg", "mjd_obs", "bjd", "exptime_s", "berv_kms", "rv_kms")
-
-
-@dataclass(frozen=True)
-class WorkerEnv:
-    """Environment variables (credentials) to set in a Ray worker process before it touches storage.
-
-    Travels pickled inside task arguments, never in a ``runtime_env`` (Ray logs those in clear);
-    its ``repr`` shows names only.
-    """
-
-    values: dict = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"WorkerEnv({', '.join(f'{k}=***' for k in sorted(self.values))})"
-
-    def apply(self) -> None:
-        """Set the variables in this process; drops the cached S3 filesystem when they change."""
-        changed = False
-        for k, v in self.values.items():
-            if os.environ.get(k) != v:
-                os.environ[k] = v
-                changed = True
-        if changed:
-            _FS_CACHE.clear()
 
 
 @dataclass(frozen=True)
@@ -74,12 +51,15 @@ _FS_CACHE: dict = {}
 
 
 def _location(uri: str) -> Location:
-    """A Location for ``uri`` reusing one S3 filesystem per worker process."""
+    """A Location for ``uri`` reusing one S3 filesystem per worker process, made afresh when the
+    S3 variables (endpoint, credentials: see :meth:`WorkerEnv.apply`) change."""
     if not is_s3(uri):
         return resolve(uri)
-    fs = _FS_CACHE.get("s3")
+    key = tuple(os.environ.get(k) for k in S3_ENV_VARS)
+    fs = _FS_CACHE.get(key)
     if fs is None:
-        fs = _FS_CACHE["s3"] = s3_filesystem()
+        _FS_CACHE.clear()
+        fs = _FS_CACHE[key] = s3_filesystem()
     return Location(fs, uri[len("s3://") :], uri)
 
 

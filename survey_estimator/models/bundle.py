@@ -10,6 +10,11 @@ Weights are safetensors (plain tensors, no pickle); networks are rebuilt from th
 architecture name and config through :mod:`.registry`. Loading refuses (:class:`BundleError`) a
 bundle whose layout, normalisation or preprocessing version, label names, format or weight
 checksums differ from what this code expects.
+
+A bundle is data only: :func:`fetch_bundle` copies exactly the files above (:data:`BUNDLE_FILES`)
+from a store into one folder, nothing else; every weights file needs its SHA-256 in the manifest;
+the manifest, its network configs and the weights files have size limits (:data:`MAX_MANIFEST_BYTES`,
+:func:`check_config`, :data:`MAX_WEIGHTS_BYTES`, :data:`MAX_PARAMETERS`).
 """
 from __future__ import annotations
 
@@ -18,10 +23,13 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
+import re
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +51,20 @@ BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 ESTIMATOR_FILE = "estimator.safetensors"
 DAE_FILE = "dae.safetensors"
+BUNDLE_FILES = (MANIFEST, ESTIMATOR_FILE, DAE_FILE)
+"""The only files a bundle folder holds and the only ones :func:`fetch_bundle` copies."""
+
+MAX_MANIFEST_BYTES = 1 << 20
+"""manifest.json larger than this (1 MiB; the production one is 10 kB) is refused."""
+MAX_WEIGHTS_BYTES = 2 << 30
+"""A weights file larger than this (2 GiB) is refused before it is hashed or read."""
+MAX_PARAMETERS = 200_000_000
+"""Most tensor elements in one weights file (the production estimator has 2.3 million)."""
+MAX_CONFIG_ITEMS = 64
+"""Most keys in a network config and most items in one of its lists."""
+MAX_CONFIG_INT = 1 << 16
+"""Largest magnitude of an integer in a network config (widths, kernel sizes, input size)."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(RuntimeError):
@@ -147,11 +169,71 @@ def _save_weights(model: nn.Module, path: Path, arch: str) -> str:
     return _sha256(path)
 
 
+def max_file_bytes(name: str) -> int:
+    """The size limit of bundle file ``name``: :data:`MAX_MANIFEST_BYTES` or :data:`MAX_WEIGHTS_BYTES`."""
+    return MAX_MANIFEST_BYTES if name == MANIFEST else MAX_WEIGHTS_BYTES
+
+
+def bundle_member(folder: str | Path, name: str) -> Path:
+    """``folder/name`` for one of :data:`BUNDLE_FILES`; refuses any other name, in particular one
+    with path components (``../x``, ``a/b``, absolute paths) that would leave ``folder``."""
+    root = Path(folder).resolve()
+    target = (root / name).resolve()
+    if name not in BUNDLE_FILES or target.parent != root:
+        raise BundleError(f"{name!r} is not a bundle file name (expected one of {list(BUNDLE_FILES)})")
+    return target
+
+
+def check_config(what: str, config: Any) -> None:
+    """Refuse a network config (from a manifest) beyond sane sizes: a dict of at most
+    :data:`MAX_CONFIG_ITEMS` keys whose values are strings (<= 64 characters), booleans, finite
+    numbers (integers within +-:data:`MAX_CONFIG_INT`), None or flat lists of those (<=
+    :data:`MAX_CONFIG_ITEMS` items). Raises :class:`BundleError`."""
+    def scalar(key: str, v: Any) -> None:
+        ok = (v is None or isinstance(v, bool) or (isinstance(v, str) and len(v) <= 64)
+              or (isinstance(v, int) and abs(v) <= MAX_CONFIG_INT)
+              or (isinstance(v, float) and math.isfinite(v)))
+        if not ok:
+            raise BundleError(f"{what} config value {key}={str(v)[:40]!r} is out of bounds")
+
+    if not isinstance(config, dict) or len(config) > MAX_CONFIG_ITEMS:
+        raise BundleError(f"{what} config must be a JSON object of at most {MAX_CONFIG_ITEMS} keys")
+    for key, v in config.items():
+        if isinstance(v, list):
+            if len(v) > MAX_CONFIG_ITEMS:
+                raise BundleError(f"{what} config list {key} has more than {MAX_CONFIG_ITEMS} items")
+            for item in v:
+                scalar(key, item)
+        else:
+            scalar(key, v)
+
+
+def _safetensors_elements(path: Path) -> int:
+    """Total tensor elements a safetensors file declares in its header (read without loading it)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= MAX_MANIFEST_BYTES * 16:
+            raise BundleError(f"{path.name} is not a safetensors file")
+        try:
+            header = json.loads(f.read(n))
+            return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise BundleError(f"{path.name} has an unreadable safetensors header: {e}") from e
+
+
 def _load_weights(model: nn.Module, path: Path, sha256: str | None) -> None:
+    """Load ``path`` into ``model`` after checking its size, its declared size and its checksum."""
     if not path.is_file():
         raise BundleError(f"{path.name} is missing from the bundle")
-    if sha256 and _sha256(path) != sha256:
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise BundleError(f"the manifest has no SHA-256 checksum for {path.name}: the bundle is refused")
+    if path.stat().st_size > max_file_bytes(path.name):
+        raise BundleError(f"{path.name} is larger than {max_file_bytes(path.name)} bytes")
+    if _sha256(path) != sha256:
         raise BundleError(f"{path.name} does not match the checksum in the manifest")
+    if _safetensors_elements(path) > MAX_PARAMETERS:
+        raise BundleError(f"{path.name} holds more than {MAX_PARAMETERS} values")
     try:
         state = load_file(str(path), device="cpu")
         model.load_state_dict(state, strict=True)
@@ -167,6 +249,38 @@ def _dae_entry(dae: nn.Module | None) -> dict[str, Any] | None:
     if architecture(arch).estimator:
         raise ModelConfigError(f"{arch} is not a denoiser")
     return {"architecture": arch, "config": config}
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """The :class:`Manifest` of the bundle in ``folder``; refuses a missing, oversized
+    (> :data:`MAX_MANIFEST_BYTES`) or malformed manifest.json."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST} in {folder}")
+    if path.stat().st_size > max_file_bytes(MANIFEST):
+        raise BundleError(f"{MANIFEST} in {folder} is larger than {max_file_bytes(MANIFEST)} bytes")
+    m = Manifest.from_json(path.read_text())
+    if not isinstance(m.weights, dict):
+        raise BundleError("manifest weights must map file names to SHA-256 digests")
+    return m
+
+
+def fetch_bundle(fetch: Callable[[str, Path], None], dst: str | Path) -> Path:
+    """Copy a bundle from a store into folder ``dst``: only :data:`BUNDLE_FILES`, nothing else.
+
+    ``fetch(name, target)`` writes the store's file ``name`` (one of :data:`BUNDLE_FILES`) to the
+    local path ``target`` (always ``dst/name``, see :func:`bundle_member`); it may raise for a
+    missing file. The manifest comes first (size-checked by :func:`read_manifest`), then the
+    estimator's weights and, when the manifest has a DAE, the DAE's. Other objects under the
+    bundle's prefix (whatever their names, ``../`` included) are never fetched. Returns ``dst``.
+    """
+    d = Path(dst)
+    d.mkdir(parents=True, exist_ok=True)
+    fetch(MANIFEST, bundle_member(d, MANIFEST))
+    manifest = read_manifest(d)
+    for name in (ESTIMATOR_FILE, DAE_FILE) if manifest.dae else (ESTIMATOR_FILE,):
+        fetch(name, bundle_member(d, name))
+    return d
 
 
 def _default_device() -> torch.device:
@@ -329,14 +443,12 @@ class ModelBundle:
                 skips that check (logged).
             device: where to put the networks (default: CUDA when available, else CPU).
         Raises:
-            BundleError: missing/corrupt files, or a layout, normalisation, preprocessing,
-                label-name or format mismatch.
+            BundleError: missing/corrupt files, a weights file without its checksum, a manifest,
+                config or weights file beyond the size limits, or a layout, normalisation,
+                preprocessing, label-name or format mismatch.
         """
         d = Path(directory)
-        path = d / MANIFEST
-        if not path.is_file():
-            raise BundleError(f"no {MANIFEST} in {d}")
-        m = Manifest.from_json(path.read_text())
+        m = read_manifest(d)
         if m.layout_version != expect_layout:
             raise BundleError(f"bundle layout {m.layout_version!r} differs from the expected {expect_layout!r}")
         if m.normalisation_version != NORMALISATION_VERSION:
@@ -347,6 +459,11 @@ class ModelBundle:
             raise BundleError(f"bundle preprocessing {m.preprocessing_version!r} differs from the expected {expect_preprocessing!r}")
         if list(m.label_names) != list(LABEL_NAMES) or set(m.calibration) != set(LABEL_NAMES):
             raise BundleError(f"bundle labels {m.label_names} differ from {list(LABEL_NAMES)}")
+        check_config(m.architecture, m.config)
+        if m.dae is not None:
+            if not isinstance(m.dae, dict):
+                raise BundleError("manifest dae entry must be a JSON object")
+            check_config("dae", m.dae.get("config"))
         try:
             LabelScaler.from_dict(m.label_scaler)
             if not architecture(m.architecture).estimator:

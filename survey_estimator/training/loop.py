@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from typing import Any
@@ -140,12 +141,16 @@ def progress_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: {"train": TrainConfig.to_dict(), "mlflow_run_id": str|None,
-    "tracking_uri": str|None}."""
+    "env": WorkerEnv|None}. The worker applies ``env`` (credentials) first; metrics go to the MLflow
+    store named by ``$MLFLOW_TRACKING_URI`` (set by the driver, see :func:`.trainer.fit`)."""
     import ray.train
     import ray.train.torch
 
+    if loop_config.get("env") is not None:
+        loop_config["env"].apply()
     cfg = TrainConfig.from_dict(loop_config["train"])
-    run_id, uri = loop_config.get("mlflow_run_id"), loop_config.get("tracking_uri")
+    run_id = loop_config.get("mlflow_run_id")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") if run_id else None
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

@@ -56,7 +56,11 @@ def preprocessing_version() -> str:
 
 def _log_params_once(run_id: str, params: dict[str, str], uri: str) -> None:
     """Log params; on a resumed run, values that changed (e.g. more epochs) become tags
-    ``resumed.<param>`` because MLflow refuses to overwrite a param."""
+    ``resumed.<param>`` because MLflow refuses to overwrite a param. Values are redacted first
+    (a tracking URI with a password is logged without it), as :func:`tracking.log_params` does."""
+    from ..storage import redact
+
+    params = {k: redact(str(v)) for k, v in params.items()}
     existing = tracking.client(uri).get_run(run_id).data.params
     new = {k: v for k, v in params.items() if k not in existing}
     tracking.log_params(run_id, new, uri)

@@ -1,5 +1,9 @@
 """Driver side of training: configure and run Ray Train's ``TorchTrainer`` for a :class:`TrainConfig`.
 
+Credentials (S3, MLflow) never go into Ray Train's ``worker_runtime_env`` (Ray logs it in clear):
+the workers get them as the catalogue's workers do (:mod:`survey_estimator.ray_env`), from their
+node's environment or in the training-loop arguments as a :class:`~survey_estimator.ray_env.WorkerEnv`.
+
 Storage: ``cfg.storage`` (local directory or ``s3://bucket/prefix``, default ``<repo>/runs``) holds
 ``<run_name>/checkpoint_*``. Reusing a run name resumes from its latest checkpoint (Ray Train V2
 restores its checkpoint manager from storage; the loop loads ``ray.train.get_checkpoint()``).
@@ -13,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..storage import is_s3, resolve, s3_env
+from ..ray_env import worker_env
+from ..storage import is_s3, resolve
 from .checkpoint import TrainState, read_state
 from .config import TrainConfig
 from .loop import train_loop_per_worker
@@ -87,22 +92,23 @@ def fit(cfg: TrainConfig, mlflow_run_id: str | None = None, tracking_uri: str | 
     else:
         storage_path, storage_fs = str(Path(storage_uri).resolve()), None
         Path(storage_path).mkdir(parents=True, exist_ok=True)
-    env = s3_env()
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    plain, secrets = worker_env(MLFLOW_TRACKING_URI=tracking_uri)
+    # the loop config is part of Ray Train's run state: the workers read the tracking URI from
+    # their environment (it may hold a password), never from the config
+    loop_config = {"train": {**cfg.to_dict(), "tracking_uri": ""}, "mlflow_run_id": mlflow_run_id, "env": secrets}
     resources = {"CPU": cfg.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=cfg.run_name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, cfg.keep_checkpoints)),
-            worker_runtime_env={"env_vars": env} if env else None,
+            worker_runtime_env={"env_vars": plain},
         ),
     )
     log.info("training %s: %d worker(s), %s, storage %s", cfg.run_name, cfg.num_workers,
