@@ -168,3 +168,49 @@ def test_no_literal_credentials(name):
     text = (INFRA / name).read_text()
     assert not re.search(r"(?i)(secret[_-]?access[_-]?key|access[_-]?key[_-]?id)\s*:\s*['\"]?[A-Za-z0-9/+]{16,}", text)
     assert not re.search(r"\bAKIA[A-Z0-9]{12,}\b", text)
+
+
+def _head_group(spec: dict) -> dict:
+    return spec["headGroupSpec"]
+
+
+@pytest.mark.parametrize("name,kind,path", [("raycluster.yaml", "RayCluster", ()),
+                                            ("catalogue-rayjob.yaml", "RayJob", ("rayClusterSpec",))])
+def test_kuberay_dashboard_on_the_pod_ip_with_token_auth(name, kind, path):
+    """Issue 11: the dashboard / job API bound to the Pod IP (cluster network), token auth on."""
+    spec = _one(name, kind)["spec"]
+    for key in path:
+        spec = spec[key]
+    assert spec["authOptions"]["mode"] == "token"
+    host = _head_group(spec)["rayStartParams"]["dashboard-host"]
+    assert host == "$RAY_POD_IP", host
+    head = _containers(_head_group(spec)["template"])[0]
+    pod_ip = [e for e in head["env"] if e["name"] == "RAY_POD_IP"]
+    assert pod_ip and pod_ip[0]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    for probe in ("readinessProbe", "livenessProbe"):  # not KubeRay's localhost:8265 default
+        assert head[probe]["httpGet"]["path"] == "/api/healthz"
+
+
+def test_nothing_listens_on_all_interfaces_and_auth_is_never_disabled():
+    for name in ("raycluster.yaml", "catalogue-rayjob.yaml", "catalogue-cronjob.yaml", "ray-cluster.yaml", "catalogue.env"):
+        text = (INFRA / name).read_text()
+        assert "0.0.0.0" not in text, name
+        assert not re.search(r"RAY_AUTH_MODE\s*[:=]\s*['\"]?disabled", text), name
+    env = env_file()
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == "", "the token is never written into the file"
+    assert _one("catalogue-cronjob.yaml", "ConfigMap")["data"]["RAY_AUTH_MODE"] == "token"
+
+
+def test_cronjob_submitter_sends_the_clusters_token():
+    rc = _one("raycluster.yaml", "RayCluster")
+    c = _containers(_one("catalogue-cronjob.yaml", "CronJob")["spec"]["jobTemplate"]["spec"]["template"])[0]
+    token = [e for e in c["env"] if e["name"] == "RAY_AUTH_TOKEN"]
+    assert token, "ray job submit needs RAY_AUTH_TOKEN"
+    # the Secret KubeRay creates for a RayCluster with authOptions: named after the cluster, key auth_token
+    assert token[0]["valueFrom"]["secretKeyRef"] == {"name": rc["metadata"]["name"], "key": "auth_token"}
+
+
+def test_cluster_launcher_binds_the_dashboard_to_the_private_address():
+    cfg = yaml.safe_load((INFRA / "ray-cluster.yaml").read_text())
+    head = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
+    assert head and all("--dashboard-host=" in c and "hostname -I" in c for c in head)
