@@ -11,7 +11,10 @@ Measured in one run, on the grid of the shipped model by default (the packed fgk
 - the training sampler (forward model + shapes + noise + masks + the shared normalisation), per
   second at batch 256;
 - the likelihood fit at S/N 20 and 100 started from the shipped network's estimate: CPU
-  milliseconds per spectrum (median over batches of 32) and LM iterations.
+  milliseconds per spectrum (median over batches of 32) and LM iterations;
+- the table's own interpolation error: spectra broadened exactly at random labels
+  (:meth:`ForwardModel.observed`) against the table's, and the label errors of noiseless fits of
+  the exact spectra (what interpolating v sin i and the macroturbulence between nodes costs).
 
 Rates are per wall second and per CPU second of this process (the latter is what a loaded machine
 still measures fairly); the machine, torch threads and load average are printed with them.
@@ -97,6 +100,19 @@ def main() -> None:
         out[f"fit_cpu_ms_per_spectrum_snr{snr:g}"] = float(np.median(per))
         out[f"fit_iterations_snr{snr:g}"] = float(np.mean(np.concatenate(iters)))
 
+    from survey_estimator.fit import FitConfig
+    from survey_estimator.layout import canonical_wave
+
+    lab = interp.draw_labels(48, g).to(torch.float64)
+    exact = fm.observed(lab, torch.ones(48, dtype=torch.float64, device=args.device), canonical_wave())
+    table = fm.spectra(lab).double()
+    out["table_vs_exact_rms"] = float((exact - table).pow(2).mean().sqrt())
+    out["table_vs_exact_max"] = float((exact - table).abs().max())
+    res = Fitter(fm, FitConfig(model_error=0.0)).fit(exact.cpu().numpy(), np.full(exact.shape, 1e-4), np.ones(exact.shape, bool),
+                                                      lab.cpu().numpy())
+    out["noiseless_fit_rms_error"] = np.sqrt(np.mean((res.labels - lab.cpu().numpy()) ** 2, axis=0)).tolist()
+    out["sigma_at_snr100"] = np.median(res.sigma, axis=0).tolist()
+
     print(f"machine: {out['machine']}, torch threads {out['torch_threads']}, load average {out['load_average']}")
     print(f"grid {out['grid_id']} ({uri}); forward table {out['forward_table_MB']:.0f} MB, loaded/built in {load_s:.1f} s")
     print("| what | per wall s | per CPU s |\n|---|---|---|")
@@ -111,6 +127,10 @@ def main() -> None:
     for snr in (20, 100):
         print(f"fit at S/N {snr}: {out[f'fit_cpu_ms_per_spectrum_snr{snr}']:.1f} CPU ms per spectrum (median of batches), "
               f"{out[f'fit_iterations_snr{snr}']:.1f} LM iterations")
+    print(f"table vs exact broadening: {out['table_vs_exact_rms']:.2e} rms, {out['table_vs_exact_max']:.2e} max; noiseless "
+          f"fits of the exact spectra: RMS error Teff / log g / [M/H] / v sin i = "
+          + " / ".join(f"{v:.3g}" for v in out["noiseless_fit_rms_error"])
+          + " (the fit's sigma at S/N 100: " + " / ".join(f"{v:.3g}" for v in out["sigma_at_snr100"]) + ")")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
