@@ -121,6 +121,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n## Real stars, {title}\n\n{table}")
         (out / "real_stars.md").write_text(table + "\n")
         (out / "real_stars.json").write_text(json.dumps(rows, indent=1))
+        sun = Path(args.real_stars) / "sun01_harps.fits"
+        if sun.is_file():  # the grid against reality: the best fit's residual per order
+            from ..evaluation.real_stars import fit_residual
+
+            resid = fit_residual(ref, str(sun), str(out / "solar_residual.png"))
+            (out / "solar_residual.json").write_text(json.dumps(resid, indent=1))
+            print("\nbest fit of the real Sun (sun01_harps.fits): rms of data - model per order (%): "
+                  + ", ".join(f"{v:.2f}" for v in resid["rms_percent"]) + "; noise (%): "
+                  + ", ".join(f"{v:.2f}" for v in resid["noise_percent"]))
     if args.log:
         _log_run(args, bundle, metrics, out)
     return 0

@@ -154,3 +154,67 @@ def markdown(rows: list[dict]) -> str:
                      f"| {_num(r.get('model_error'), '.3f')} | {_num(r.get('nn_teff'), '.0f')} / {_num(r.get('nn_logg'), '.2f')} / "
                      f"{_num(r.get('nn_mh'), '.2f')} | {within_2_sigma(r)} | {flags} |")
     return "\n".join(lines)
+
+
+def fit_residual(ref, path: str, out_png: str | None = None) -> dict:
+    """The best fit of one real spectrum and its residual per canonical order.
+
+    The file goes through the catalogue's reader and input builder; the shipped network gives the
+    start and the fit runs as in ``estimate`` (its grid: :func:`survey_estimator.fit.grid.resolve_grid`).
+
+    Returns:
+        {"file", "labels" (4,), "chi2_red", "model_error", "rms_percent" (8 per-order rms of
+        data - model, %), "noise_percent" (8 per-order median noise, %), "wave_range" per order};
+        with ``out_png`` also a plot of three stretches (data, model, residual).
+    """
+    import numpy as np
+    import torch
+
+    from ..catalogue.model import load_bundle
+    from ..fit import Fitter, continuum, fit_spectra
+    from ..fit.grid import load_forward_model, resolve_grid
+    from ..instruments import read_observation
+    from ..preprocess import preprocess
+
+    bundle = load_bundle(ref)
+    uri = resolve_grid(bundle.manifest.grid_id, recorded=getattr(bundle.manifest, "grid_uri", None))
+    if uri is None:
+        raise FileNotFoundError(f"no grid for the fit of {path}")
+    fitter = Fitter(load_forward_model(uri, progress=False))
+    mi = preprocess(read_observation(path))
+    pred = bundle.predict(mi.x[None])
+    res = fit_spectra(fitter, mi.flux[None], mi.variance[None], mi.mask[None], pred.mean, pred.sigma,
+                      resolution=mi.resolution if mi.resolution and mi.resolution < 0.99 * fitter.model.config.resolution else None)
+    lab = torch.as_tensor(res.labels)
+    spec = fitter.model.spectra(lab, torch.as_tensor(res.rv)).double()
+    y = torch.as_tensor(mi.flux[None]).double()
+    var = torch.as_tensor(mi.variance[None]).double()
+    mask = torch.as_tensor(mi.mask[None])
+    w = torch.where(mask, 1.0 / var, torch.zeros_like(var))
+    basis = continuum.design(spec.shape[-1], dtype=torch.float64)
+    model = (spec * continuum.evaluate(continuum.solve(y, spec, w, basis), basis))[0].numpy()
+    r, m = (mi.flux - model), mi.mask
+    rms = [float(np.sqrt(np.mean(r[o][m[o]] ** 2)) * 100) if m[o].any() else float("nan") for o in range(r.shape[0])]
+    noise = [float(np.median(np.sqrt(mi.variance[o][m[o]])) * 100) if m[o].any() else float("nan") for o in range(r.shape[0])]
+    if out_png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(3, 1, figsize=(12, 8))
+        for ax, (o, lo, hi) in zip(axes, [(3, 5165, 5190), (5, 5250, 5265), (1, 5080, 5095)]):
+            wv = mi.wave[o]
+            sel = (wv > lo) & (wv < hi) & m[o]
+            ax.plot(wv[sel], mi.flux[o][sel], "k-", lw=0.8, label="observed")
+            ax.plot(wv[sel], model[o][sel], "r-", lw=0.8, label="best fit")
+            ax.plot(wv[sel], r[o][sel] + 0.2, "b-", lw=0.6, label="residual + 0.2")
+            ax.set_xlabel("air wavelength [A]")
+            ax.legend(fontsize=7, loc="lower left")
+        axes[0].set_title(os.path.basename(path) + ": " + ", ".join(f"{n}={v:.4g}" for n, v in zip(LABEL_NAMES, res.labels[0])))
+        fig.tight_layout()
+        fig.savefig(out_png, dpi=80)
+        plt.close(fig)
+    return {"file": os.path.basename(path), "labels": res.labels[0].tolist(), "chi2_red": float(res.chi2_red[0]),
+            "model_error": float(res.model_error[0]), "rms_percent": rms, "noise_percent": noise,
+            "wave_range": [[float(mi.wave[o][0]), float(mi.wave[o][-1])] for o in range(mi.wave.shape[0])]}
