@@ -71,6 +71,8 @@ class FitConfig:
         rv_limit: |RV residual| bound in km/s.
         chunk: spectra per batch (memory: ~10 MB per spectrum).
         degree: per-order continuum polynomial degree.
+        vsini_floor: km/s; below it the covariance is evaluated at this v sin i (at 0 the model's
+            derivative in v sin i vanishes and the Fisher matrix is singular).
         model_variance_snr: below this median S/N the noise variance is re-derived from the model
             (photon noise of the fitted spectrum, not of the noisy data) and the fit repeated.
         clip_sigma: pixels whose residual exceeds this many sigmas after the first pass (cosmics,
@@ -91,6 +93,7 @@ class FitConfig:
     degree: int = continuum.DEGREE
     clip_sigma: float = 5.0
     model_variance_snr: float = 40.0
+    vsini_floor: float = 1.0
     precision: str = "float32"
 
 
@@ -266,7 +269,17 @@ class Fitter:
                 model[idx] = st.spec[idx] * continuum.evaluate(st.coef[idx], self.basis)
                 chi2_red[idx] = likelihood.chi2(y[idx], model[idx], w_noise[idx]) / dof[idx]
         w_final = likelihood.weights(mask, var, model, eps)
-        A, _ = likelihood.normal_equations(y, w_final, st.spec, st.jac, continuum.evaluate(st.coef, self.basis), self.basis)
+        jac = st.jac
+        slow = st.theta[:, 3] < cfg.vsini_floor
+        if slow.any():
+            # the spectrum is even in v sin i, so its derivative vanishes at 0 and the Fisher
+            # information with it: the covariance is taken at the floor instead (the resolution
+            # limit: the sigma then says how large a v sin i the data could still hide)
+            at = st.theta[slow].clone()
+            at[:, 3] = cfg.vsini_floor
+            jac = jac.clone()
+            jac[slow] = self.model.spectra_and_jacobian(at[:, :4], at[:, 4], resolution)[1].to(self.work)
+        A, _ = likelihood.normal_equations(y, w_final, st.spec, jac, continuum.evaluate(st.coef, self.basis), self.basis)
         cov5 = likelihood.covariance(A)
         # a model error is not white: its residuals come in line-wide features, so N pixels hold
         # only ~N / L independent ones and the covariance grows by the correlation length L
