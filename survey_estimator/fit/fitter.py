@@ -2,8 +2,8 @@
 
 For each spectrum (:func:`fit_spectra`):
 
-1. starts: the network's estimate; where that fit is suspect (chi^2 above the noise, on a grid
-   edge, not converged) and the network's sigma is wider than half a grid step
+1. starts: the network's estimate; where that fit is suspect (POOR_FIT, on a grid edge, not
+   converged) and the network's sigma is wider than half a grid step
    (``wide_sigma_steps``), four more at +-1 sigma in Teff and log g, and the fit with the lowest
    chi^2 is kept;
 2. Levenberg-Marquardt over the five non-linear parameters (Teff, log g, [M/H], v sin i, RV) and
@@ -403,8 +403,8 @@ def extra_starts(mean: np.ndarray, sigma: np.ndarray, wide_sigma_steps: float = 
 def fit_spectra(fitter: Fitter, y, var, mask, nn_mean, nn_sigma=None, resolution: float | None = None) -> FitResult:
     """Fit B spectra from the network's estimate (see the module docstring).
 
-    Spectra whose first fit is suspect (chi^2 above what the noise explains, on a grid edge, or
-    not converged) and whose network sigma is wide are fitted again from :func:`extra_starts`;
+    Spectra whose first fit is suspect (POOR_FIT, on a grid edge, or not converged) and whose
+    network sigma is wide are fitted again from :func:`extra_starts`;
     the start with the lowest noise-only reduced chi^2 wins."""
     y, var, mask = (np.asarray(a) for a in (y, var, mask))
     nn_mean = np.asarray(nn_mean, dtype=np.float64).reshape(-1, 4)
@@ -412,7 +412,8 @@ def fit_spectra(fitter: Fitter, y, var, mask, nn_mean, nn_sigma=None, resolution
     res.meta["starts"] = len(nn_mean)
     if nn_sigma is None:
         return res
-    suspect = (~res.converged | (res.model_error > 0) | (res.flags & int(FitFlag.AT_GRID_EDGE)) > 0)
+    # a real star always needs some model error: only a POOR_FIT, an edge or no convergence is suspect
+    suspect = ~res.converged | ((res.flags & int(FitFlag.AT_GRID_EDGE | FitFlag.POOR_FIT)) > 0)
     rows = np.flatnonzero(suspect)
     if rows.size == 0:
         return res
