@@ -66,15 +66,15 @@ class ForwardConfig:
         vsini_nodes: v sin i values (km/s) precomputed for interpolation.
         macroturbulence: broaden each node by the RT kernel of :func:`.macroturbulence.vmac_relation`.
         epsilon: limb darkening of the rotational kernel.
-        pad: pixels added at each end of every order so RV shifts of up to
-            ``pad * 0.8`` km/s stay inside the table.
+        pad: pixels added at each end of every order so RV shifts of up to ``pad * 0.8`` km/s
+            (~78 km/s) stay inside the table (the fit's RV residual; ``simulate``'s RV - BERV).
         resolution: the grid's resolving power (the table's).
     """
 
     vsini_nodes: tuple[float, ...] = tuple(float(v) for v in VSINI.values)
     macroturbulence: bool = True
     epsilon: float = LIMB_DARKENING
-    pad: int = 32
+    pad: int = 96
     resolution: float = 115_000.0
 
     def key(self, grid_id: str) -> str:
@@ -415,25 +415,50 @@ class ForwardModel:
         return out[:, 0], torch.cat([out[:, 1:], drv[:, None]], dim=1)
 
     def observed(self, labels: torch.Tensor, factor: torch.Tensor, target: np.ndarray) -> torch.Tensor:
-        """The same physics at any Doppler shift and in any wavelength layout, from the fine grid
-        (no table): what ``simulate`` writes into a native e2ds.
+        """The model at any Doppler shift in an 8-order layout: what ``simulate`` writes into a
+        native e2ds.
+
+        Within the table's margin (``pad`` pixels, ~78 km/s) the table itself is interpolated at
+        ``labels`` and resampled, order by order, to ``target / factor``: the very spectra the fit
+        and the sampler see. Beyond it (or with another number of orders) the same physics is
+        computed from the fine grid (:func:`broaden` at the exact labels), which differs from the
+        table by its interpolation between nodes (``bench/forward_fit.py`` measures it).
 
         Args:
-            labels: (B, 4); factor: (B,) Doppler factors lambda_obs / lambda_rest (any RV);
+            labels: (B, 4); factor: (B,) Doppler factors lambda_obs / lambda_rest;
             target: (O, P) observed wavelengths (A).
         Returns:
-            (B, O, P) float64 continuum-normalised spectra. They equal :meth:`spectra` at the
-            table's nodes up to the resampling (checked by the parity test); between nodes the
-            table interpolates what this computes exactly.
+            (B, O, P) float64 continuum-normalised spectra.
+        Raises:
+            OutsideGridError: labels outside the grid (or needing a node without a spectrum).
         """
+        labels = torch.as_tensor(labels, dtype=torch.float64, device=self.device).reshape(-1, 4)
+        bad = ~self.inside(labels)
+        if bad.any():
+            from .sampling.interpolation import OutsideGridError
+
+            raise OutsideGridError(f"labels {labels[bad][0].tolist()} are outside the grid "
+                                   f"{self.describe()['bounds']} or need a node without a spectrum")
+        factor = torch.as_tensor(factor, dtype=torch.float64).reshape(-1).expand(labels.shape[0]).cpu().numpy()
+        target = np.asarray(target, dtype=np.float64)
+        wext = extended_wave(self.config.pad)
+        rest = target[None] / factor[:, None, None]  # (B, O, P) rest wavelengths sampled
+        inside = target.shape[0] == wext.shape[0] and bool(
+            np.all(rest.min(axis=2) > wext[None, :, 1]) and np.all(rest.max(axis=2) < wext[None, :, -2]))
+        if inside:
+            spec = torch.cat([self._interpolate(labels[i : i + 16], False)[:, 0] for i in range(0, len(labels), 16)])
+            spec = spec.double().cpu().numpy()
+            out = np.empty(rest.shape)
+            for b in range(rest.shape[0]):
+                for o in range(rest.shape[1]):
+                    out[b, o] = np.interp(rest[b, o], wext[o], spec[b, o])
+            return torch.as_tensor(out, device=self.device)
         if self.interpolator is None:
             raise ValueError("this forward model holds only its table: build it from a grid to render other layouts")
-        labels = torch.as_tensor(labels, dtype=torch.float64, device=self.device).reshape(-1, 4)
+        log.info("rendering beyond the table's margin from the fine grid (exact broadening)")
         flux = self.interpolator.interpolate(labels).to(torch.float64)
-        lab = labels.cpu().numpy()
-        step = self.interpolator.velocity_step
-        spec = broaden(flux, lab, labels[:, 3], step, self.config)
-        return LayoutResampler(self.interpolator.wave, target, device=self.device)(spec, factor)
+        spec = broaden(flux, labels.cpu().numpy(), labels[:, 3], self.interpolator.velocity_step, self.config)
+        return LayoutResampler(self.interpolator.wave, target, device=self.device)(spec, torch.as_tensor(factor))
 
     def describe(self) -> dict:
         """JSON-ready description (provenance of fits made with this model)."""
