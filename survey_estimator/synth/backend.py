@@ -32,6 +32,69 @@ which over-broadens saturated dwarf lines. Recorded in every grid manifest; ``--
 the self-consistent alternative."""
 
 
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """Numerical (accuracy) settings of the PySME synthesis: how finely the same physics is
+    computed, not what is computed. They are NOT part of the grid id: a set of settings is only
+    adopted after it reproduces the reference settings to <= 0.2 % rms on >= 20 nodes across the
+    grid (``bench/synthesis.py``, docs/grid.md); every node record and the manifest say which
+    settings made it.
+
+    Attributes:
+        accrt: SME's line-to-continuum opacity-ratio threshold: lines whose peak ratio anywhere in
+            the atmosphere stays below it are left out (ALMAX selection), and each line's opacity
+            is only evaluated out to where its wings fall below it.
+        accwi: SME's adaptive-grid refinement threshold (ignored with a fixed transfer grid).
+        nmu: number of mu angles of the disk integration (SME's equal-area rule
+            mu_i = sqrt((i + 1/2) / nmu)).
+        transfer_step_kms: None: SMElib's adaptive transfer grid (refines to 0.3 km/s around
+            every line); else the radiative transfer is solved on a fixed log-uniform grid with
+            this velocity step (km/s), padded by :data:`TRANSFER_PAD_KMS` on both sides.
+    """
+
+    accrt: float = 1e-4
+    accwi: float = 3e-3
+    nmu: int = 7
+    transfer_step_kms: float | None = None
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+    def mu(self) -> np.ndarray:
+        """The mu angles (SME's equal-area rule; nmu = 7 is SME's default)."""
+        return np.sqrt(0.5 * (2 * np.arange(self.nmu) + 1) / self.nmu)
+
+    def transfer_wave(self, wave: np.ndarray) -> np.ndarray | None:
+        """The fixed transfer grid for the output grid ``wave`` (None: SMElib's adaptive grid).
+        Log-uniform; when the step equals the output grid's, its points are the output points."""
+        if self.transfer_step_kms is None:
+            return None
+        from ..layout import C_KMS
+
+        dlog = float(self.transfer_step_kms) / C_KMS
+        pad = int(np.ceil(TRANSFER_PAD_KMS / float(self.transfer_step_kms)))
+        n = int(np.ceil(np.log(wave[-1] / wave[0]) / dlog - 1e-9)) + 1 + 2 * pad
+        return wave[0] * np.exp(dlog * (np.arange(n) - pad))
+
+
+TRANSFER_PAD_KMS = 30.0
+"""Padding (km/s) of a fixed transfer grid beyond the output grid: the padding SME gives its own
+adaptive grid, far more than the R = 115,000 instrumental Gaussian (sigma 1.1 km/s) needs."""
+
+REFERENCE_SETTINGS = SynthesisSettings()
+"""SME's own defaults (accrt 1e-4, accwi 3e-3, 7 mu, adaptive grid): the settings of every node
+built before 2026-12-03 (their records carry no ``synthesis_settings``), and the reference
+``bench/synthesis.py`` measures against."""
+
+FAST_SETTINGS = SynthesisSettings(accrt=1e-3, nmu=5, transfer_step_kms=0.5)
+"""Candidate cheaper settings (see docs/grid.md for the measured cost and rms)."""
+
+DEFAULT_SETTINGS = REFERENCE_SETTINGS
+"""The settings a build uses unless told otherwise."""
+
+SETTINGS_PRESETS = {"reference": REFERENCE_SETTINGS, "fast": FAST_SETTINGS}
+
+
 class MissingAtmosphere(LookupError):
     """No model atmosphere for a node (e.g. the hot, low-gravity corner of ATLAS9)."""
 
@@ -88,6 +151,7 @@ class BackendConfig:
         resolution: instrumental resolving power R.
         velocity_step_kms: fine-grid step (km/s).
         sources: input files (PySME only); empty for the analytic backend.
+        synthesis: numerical accuracy settings of the synthesis (not part of the grid id).
     """
 
     name: str = "pysme"
@@ -96,6 +160,7 @@ class BackendConfig:
     resolution: float = DEFAULT_RESOLUTION
     velocity_step_kms: float = FINE_STEP_KMS
     sources: tuple[SourceFile, ...] = field(default_factory=tuple)
+    synthesis: SynthesisSettings = DEFAULT_SETTINGS
 
     def wave(self) -> np.ndarray:
         return fine_wave(self.velocity_step_kms)

@@ -155,6 +155,7 @@ def make_manifest(backend: Backend) -> dict:
     """Physics (hashed into the grid id) plus provenance (not hashed)."""
     return dict(
         backend.physics(),
+        synthesis_settings=backend.config.synthesis.describe(),  # not hashed into the grid id
         code_versions=code_versions(),
         layout_version=LAYOUT_VERSION,
         vsini_kms=0.0,
@@ -233,9 +234,14 @@ def build_grid(config: BuildConfig) -> BuildReport:
         work = shards(todo, config.nodes_per_task)
         results = _run_ray(config, work) if config.use_ray else (synthesize_nodes(config.backend, s) for s in work)
         bar = _progress(config, len(todo))
+        settings = config.backend.synthesis.describe()
         for shard_results in results:
             for r in shard_results:
-                store.write_node(r.teff, r.logg, r.mh, r.flux, status=r.status, reason=r.reason, seconds=r.seconds)
+                extra = {}
+                if r.status == "ok":
+                    extra = dict(cpu_seconds=float(r.cpu_seconds), synthesis_settings=settings)
+                store.write_node(r.teff, r.logg, r.mh, r.flux, status=r.status, reason=r.reason, seconds=r.seconds,
+                                 **extra)
                 report.synthesised.append(r.key)
                 setattr(report, r.status, getattr(report, r.status) + 1)
                 if r.status == "ok":

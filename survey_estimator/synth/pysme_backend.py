@@ -194,6 +194,10 @@ class PysmeBackend:
             },
         )
 
+    def synthesis_settings(self) -> dict:
+        """The numerical accuracy settings (not part of the grid id; see :class:`SynthesisSettings`)."""
+        return self.config.synthesis.describe()
+
     def atmosphere(self, teff: float, logg: float, mh: float):
         """PySME KrzFile of the node's ATLAS9 deck; MissingAtmosphere when there is none."""
         from pysme.atmosphere.krzfile import KrzFile
@@ -224,6 +228,12 @@ class PysmeBackend:
         sme.wave = [self.wave]
         sme.iptype, sme.ipres = "gauss", float(self.config.resolution)
         sme.cscale_flag, sme.vrad_flag = "none", "none"
+        settings = self.config.synthesis
+        sme.accrt, sme.accwi = float(settings.accrt), float(settings.accwi)
+        sme.mu = settings.mu()
+        wint = settings.transfer_wave(self.wave)
+        if wint is not None:
+            sme.wint = [wint]
         try:
             sme = synthesize_spectrum(sme)
         except Exception as exc:
