@@ -18,8 +18,8 @@ cached on disk. Rendering is then
    derivatives with respect to the four labels come from the same corners, exactly);
 5. an optional Gaussian degradation to a lower resolving power (the MODEL is degraded to the
    observation's R, never the data sharpened);
-6. a Doppler shift by the radial-velocity residual (linear interpolation along the pixels, whose
-   velocity step is ~0.8 km/s), with its derivative.
+6. a Doppler shift by the radial-velocity residual (Keys cubic convolution along the pixels, whose
+   velocity step is ~0.8 km/s: :mod:`.cubic`), with its derivative.
 
 The per-order continuum is the fit's linear nuisance (:mod:`survey_estimator.fit`).
 
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cubic
 from .labels import LABEL_NAMES, VSINI
 from .layout import C_KMS, LAYOUT_VERSION, canonical_wave
 from .sampling import macroturbulence
@@ -48,9 +49,9 @@ from .sampling.rotation import LIMB_DARKENING, convolve_same, rotational_broaden
 
 log = logging.getLogger(__name__)
 
-FORWARD_VERSION = "fwd-v2"
+FORWARD_VERSION = "fwd-v3"
 """Identifier of the forward model (table and interpolation); recorded with fit results."""
-TABLE_VERSION = "fwd-v1"
+TABLE_VERSION = "fwd-v2"
 """Identifier of the precomputed table's physics (steps 1-3); part of its cache key."""
 NUISANCES = ("rv",)
 """Non-linear nuisances fitted with the labels (the continuum is solved linearly)."""
@@ -375,14 +376,17 @@ class ForwardModel:
         ln_d = 0.5 * (torch.log1p(b) - torch.log1p(-b))
         u = x[None, None, :] - (ln_d * C_KMS)[:, None, None] * self._px_per_kms.to(torch.float64)[None]  # (B, O, P)
         i0 = torch.floor(u).long()
-        if int(i0.min()) < 0 or int(i0.max()) > Pe - 2:
+        if int(i0.min()) < 1 or int(i0.max()) > Pe - 3:
             raise ValueError(f"RV residual beyond the forward model's margin of {pad} px")
         a = (u - i0).to(spec.dtype)[:, None]  # (B, 1, O, P)
-        ix = i0[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
-        lo = torch.gather(spec, 3, ix)
-        hi = torch.gather(spec[..., 1:], 3, ix)  # the right-hand neighbours, same index
-        out = torch.lerp(lo, hi, a)
-        deriv = (lo[:, 0] - hi[:, 0]) * self._px_per_kms[None] if with_derivative else None
+        ix = (i0 - 1)[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
+        # tap k (offset k - 1 from i0) is read through a view of the pixels shifted by k
+        taps = [torch.gather(spec[..., k : k + Pe - 3], 3, ix) for k in range(4)]
+        out = sum(w * f for w, f in zip(cubic.weights(a), taps))
+        deriv = None
+        if with_derivative:  # d/d rv = d/du * du/d rv, du/d rv = -pixels per km/s
+            a0 = a[:, 0]
+            deriv = -sum(d * f[:, 0] for d, f in zip(cubic.derivatives(a0), taps)) * self._px_per_kms[None]
         return out, deriv
 
     def spectra(self, labels: torch.Tensor, rv: torch.Tensor | float = 0.0, resolution: float | None = None) -> torch.Tensor:
@@ -444,14 +448,17 @@ class ForwardModel:
         wext = extended_wave(self.config.pad)
         rest = target[None] / factor[:, None, None]  # (B, O, P) rest wavelengths sampled
         inside = target.shape[0] == wext.shape[0] and bool(
-            np.all(rest.min(axis=2) > wext[None, :, 1]) and np.all(rest.max(axis=2) < wext[None, :, -2]))
+            np.all(rest.min(axis=2) > wext[None, :, 2]) and np.all(rest.max(axis=2) < wext[None, :, -3]))
         if inside:
             spec = torch.cat([self._interpolate(labels[i : i + 16], False)[:, 0] for i in range(0, len(labels), 16)])
             spec = spec.double().cpu().numpy()
             out = np.empty(rest.shape)
-            for b in range(rest.shape[0]):
-                for o in range(rest.shape[1]):
-                    out[b, o] = np.interp(rest[b, o], wext[o], spec[b, o])
+            px = np.arange(wext.shape[1], dtype=np.float64)
+            for o in range(rest.shape[1]):
+                u = np.interp(rest[:, o], wext[o], px)  # (B, P) fractional table pixel
+                i0 = np.floor(u).astype(np.int64)
+                w = cubic.weights(u - i0)
+                out[:, o] = sum(wk * np.take_along_axis(spec[:, o], i0 + k, axis=1) for k, wk in zip(range(-1, 3), w))
             return torch.as_tensor(out, device=self.device)
         if self.interpolator is None:
             raise ValueError("this forward model holds only its table: build it from a grid to render other layouts")

@@ -16,6 +16,8 @@ from importlib import resources
 
 import numpy as np
 
+from .cubic import weights as cubic_weights
+
 N_ORDERS = 8
 N_PIXELS = 4096
 FIRST_ROW = 36
@@ -91,7 +93,8 @@ def resample_to_layout(
     mask: np.ndarray | None = None,
     target: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resample a spectrum onto the canonical layout by linear interpolation in wavelength.
+    """Resample a spectrum onto the canonical layout (Keys cubic convolution, :mod:`.cubic`; linear
+    next to unusable pixels, at segment ends and where the input sampling is uneven).
 
     Args:
         wave: wavelengths (A), any shape; each row (or the 1D array) must be increasing. Rows of a
@@ -138,9 +141,18 @@ def resample_to_layout(
         j = np.clip(np.searchsorted(w, t, side="right") - 1, 0, len(w) - 2)
         a = (t - w[j]) / (w[j + 1] - w[j])
         good = u[j] & u[j + 1]
-        fi = np.where(good, (1 - a) * np.where(u[j], f[j], 0) + a * np.where(u[j + 1], f[j + 1], 0), np.nan)
+        # Keys cubic where the four taps exist, are usable and are evenly spaced; linear elsewhere
+        jm, jp = np.maximum(j - 1, 0), np.minimum(j + 2, len(w) - 1)
+        dw = w[j + 1] - w[j]
+        even = (np.abs((w[j] - w[jm]) / dw - 1) < 0.05) & (np.abs((w[jp] - w[j + 1]) / dw - 1) < 0.05)
+        cubic = good & (j >= 1) & (j + 2 <= len(w) - 1) & u[jm] & u[jp] & even
+        taps = np.stack([jm, j, j + 1, jp])  # (4, N)
+        wts = np.where(cubic, np.stack(cubic_weights(a)), np.stack([np.zeros_like(a), 1 - a, a, np.zeros_like(a)]))
+        fz = np.where(u, f, 0.0)
+        fi = np.where(good, (wts * fz[taps]).sum(axis=0), np.nan)
         if v is not None:
-            vi = np.where(good, (1 - a) ** 2 * np.where(u[j], v[j], 0) + a**2 * np.where(u[j + 1], v[j + 1], 0), np.nan)
+            vz = np.where(u, v, 0.0)
+            vi = np.where(good, (wts**2 * vz[taps]).sum(axis=0), np.nan)
             quality = np.where(good, np.abs(fi) / np.sqrt(np.where(good, vi, 1.0)), -np.inf)
         else:
             vi = np.full_like(fi, np.nan)

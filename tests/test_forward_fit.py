@@ -209,7 +209,7 @@ def test_parity_simulated_file_read_and_built_equals_the_forward_model(tiny_grid
     from survey_estimator.preprocess import PreprocessConfig, preprocess
 
     sim = E2dsSimulator(tiny_grid)
-    truth = np.array([5500.0, 4.5, -0.5, 6.0])  # on the table's nodes: no interpolation between them
+    truth = np.array([5500.0, 4.5, -0.5, 2.0])  # on the table's nodes: no interpolation between them
     # an old-DRS e2ds carries no stellar RV (the analytic lines are too few for the CCF): a star at
     # rest, observed with a BERV that the reader finds in the header and the builder removes
     files = sim.write(tmp_path / "p_e2ds_A.fits", Exposure(*truth, snr=None, rv=0.0, berv=-17.5, seed=3))
@@ -222,4 +222,6 @@ def test_parity_simulated_file_read_and_built_equals_the_forward_model(tiny_grid
     assert mi.mask.mean() > 0.9
     assert float(np.sqrt(np.mean(diff**2))) < 2e-3 and float(np.abs(diff).max()) < 2e-2
     res = Fitter(sim.model).fit(mi.flux[None], np.full((1, 8, 4096), 1e-6), mi.mask[None], truth[None] + [100, 0.1, 0.1, 1])
-    assert np.all(np.abs(res.labels[0] - truth) < [5.0, 0.01, 0.005, 0.1]), res.labels[0] - truth
+    # linear resampling (twice in simulate + read, never in the model) broadened the lines by a
+    # sub-pixel-phase-dependent 0.2-0.5 px and biased v sin i by +0.06 km/s; Keys cubic does not
+    assert np.all(np.abs(res.labels[0] - truth) < [2.0, 0.005, 0.002, 0.01]), res.labels[0] - truth

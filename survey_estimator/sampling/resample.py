@@ -2,15 +2,16 @@
 
 A pixel of the layout at observed wavelength lambda_obs sees the rest-frame wavelength
 lambda_obs / D, with D = ``doppler_factor(rv)`` (lambda_obs = lambda_rest * D). On the
-log-uniform fine grid that is a fractional index, so resampling is one gather of the two
-neighbouring fine pixels and a linear interpolation (point sampling; the grid already carries
-the R = 115,000 instrumental profile, which spans ~3 layout pixels).
+log-uniform fine grid that is a fractional index, so resampling is one gather of the four
+neighbouring fine pixels and Keys cubic convolution (:mod:`survey_estimator.cubic`; point
+sampling: the grid already carries the R = 115,000 instrumental profile).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import cubic
 from ..layout import canonical_wave, doppler_factor
 
 
@@ -57,13 +58,14 @@ class LayoutResampler:
         step = torch.floor(d)
         i0 = self._base[None] - whole.long()[:, None, None] + step.long()
         a = (d - step).to(flux.dtype)
-        if int(i0.min()) < 0 or int(i0.max()) > self.n_fine - 2:
+        if int(i0.min()) < 1 or int(i0.max()) > self.n_fine - 3:
             raise ValueError("Doppler shift moves the layout outside the fine grid; |RV| is beyond the grid's margin")
         a = a.reshape(B, -1).to(flux.device)
         i0 = i0.reshape(B, -1).to(flux.device)
-        lo = torch.gather(flux, 1, i0)
-        hi = torch.gather(flux, 1, i0 + 1)
-        return (lo + a.to(flux.device) * (hi - lo)).reshape(B, *self.shape)
+        out = torch.zeros_like(a)
+        for k, w in zip(range(-1, 3), cubic.weights(a)):
+            out += w * torch.gather(flux, 1, i0 + k)
+        return out.reshape(B, *self.shape)
 
 
 def doppler_factors(rv_kms: torch.Tensor | float, berv_kms: torch.Tensor | float = 0.0) -> torch.Tensor:
