@@ -90,7 +90,7 @@ def read_ray(archive: Path):
 
 def naive(files, blaze, model_dir):
     """Open, preprocess, predict one file at a time (the blaze read from disk each time, as a script would)."""
-    from survey_estimator.catalogue.model import resolve_model, load_bundle
+    from survey_estimator.models.resolve import resolve_model, load_bundle
     from survey_estimator.catalogue.read import ReadOptions, read_one
 
     bundle = load_bundle(resolve_model(str(model_dir)))

@@ -54,7 +54,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from survey_estimator.catalogue.model import load_bundle, resolve_model
+    from survey_estimator.models.resolve import load_bundle, resolve_model
     from survey_estimator.fit import Fitter, fit_spectra
     from survey_estimator.fit.grid import default_grid
     from survey_estimator.forward import ForwardModel

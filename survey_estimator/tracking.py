@@ -7,9 +7,9 @@ another ``sqlite:///...``) overrides it. Experiments are always created with an 
 relative default would scatter artifacts.
 
 A trained model is one :class:`~survey_estimator.models.bundle.ModelBundle` directory, logged as the
-run artifact ``bundle/`` and registered as a model version whose source is that artifact. Loading a
-version back downloads the directory and calls ``ModelBundle.load`` (safetensors + JSON manifest):
-nothing is ever unpickled.
+run artifact ``bundle/`` and registered as a model version whose source is that artifact. This module
+writes to the registry; reading a version back (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) is
+:mod:`survey_estimator.models.resolve`'s, like every other way of naming a model.
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.entities.model_registry import ModelVersion
 
-    from .models.bundle import ModelBundle
-
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "survey-estimator"
@@ -33,10 +31,6 @@ DEFAULT_MODEL_NAME = "stellar-estimator"
 BUNDLE_ARTIFACT = "bundle"
 RUN_NAME_TAG = "survey_estimator.run_name"
 """Tag carrying the Ray Train run name, so a resumed training run reuses its MLflow run."""
-
-
-class TrackingError(RuntimeError):
-    """The tracking store or registry refused an operation (bad URI, missing model version...)."""
 
 
 # -- where things live ------------------------------------------------------------------------
@@ -247,84 +241,28 @@ def _free_artifact_path(c, run_id: str, base: str) -> str:
     return f"{base}-{k}"
 
 
-def register_bundle_dir(bundle_dir: str | os.PathLike, name: str = DEFAULT_MODEL_NAME, alias: str | None = None,
+def register_bundle_dir(bundle: str | os.PathLike, name: str = DEFAULT_MODEL_NAME, alias: str | None = None,
                         experiment: str = DEFAULT_EXPERIMENT, uri: str | None = None) -> "ModelVersion":
-    """Register a local bundle directory (not produced by a tracked run): a small run holds it."""
-    from .models.bundle import ModelBundle
+    """Register a bundle not produced by a tracked run (a small run holds it) as a new version.
 
-    bundle = ModelBundle.load(bundle_dir)  # refuse a broken bundle before it enters the registry
-    uri = uri or tracking_uri()
-    exp_id = get_or_create_experiment(experiment, uri)
-    c = client(uri)
-    run = c.create_run(exp_id, run_name=f"register-{Path(bundle_dir).resolve().name}", tags={"survey_estimator.kind": "register"})
+    ``bundle`` is any spec :func:`survey_estimator.models.resolve.resolve_model` takes: a folder,
+    ``s3://...`` or another registry version. Only the bundle's own files are registered
+    (:func:`~survey_estimator.models.resolve.fetch_model`), and a bundle that
+    :meth:`ModelBundle.load` refuses never enters the registry.
+    """
     import dataclasses
 
-    manifest = dataclasses.asdict(bundle.manifest)
-    flat = {f"bundle.{k}": v for k, v in manifest.items() if isinstance(v, (str, int, float, bool))}
-    log_params(run.info.run_id, flat, uri)
-    mv = register_bundle(run.info.run_id, bundle_dir, name=name, alias=alias, uri=uri)
+    from .models.resolve import fetch_model, load_bundle
+
+    uri = uri or tracking_uri()
+    with tempfile.TemporaryDirectory(prefix="se-register-") as tmp:
+        folder = fetch_model(str(bundle), tmp)
+        manifest = dataclasses.asdict(load_bundle(str(folder), device="cpu").manifest)
+        exp_id = get_or_create_experiment(experiment, uri)
+        c = client(uri)
+        run = c.create_run(exp_id, run_name=f"register-{Path(str(bundle).rstrip('/')).name}",
+                           tags={"survey_estimator.kind": "register"})
+        log_params(run.info.run_id, {f"bundle.{k}": v for k, v in manifest.items() if isinstance(v, (str, int, float, bool))}, uri)
+        mv = register_bundle(run.info.run_id, folder, name=name, alias=alias, uri=uri)
     c.set_terminated(run.info.run_id)
     return mv
-
-
-def download_model(uri: str, dst: str | os.PathLike | None = None, tracking: str | None = None) -> Path:
-    """A local directory holding the bundle at ``uri``.
-
-    ``uri`` is ``models:/name@alias``, ``models:/name/N``, ``runs:/<id>/bundle`` or a local directory
-    (returned as is). Registry URIs resolve through the version's source. Only the bundle's own
-    files are downloaded, into ``dst`` itself (:func:`~survey_estimator.models.bundle.fetch_bundle`):
-    whatever else the artifact folder holds is never written here.
-    """
-    import mlflow
-
-    from .models.bundle import fetch_bundle
-
-    if "://" not in uri and ":/" not in uri:
-        path = Path(uri)
-        if not path.is_dir():
-            raise TrackingError(f"{uri} is not a bundle directory nor a models:/ or runs:/ URI")
-        return path
-    tracking = tracking or tracking_uri()
-    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="bundle-"))
-    source = uri
-    if uri.startswith("models:/"):
-        source = _version_source(uri, tracking)
-
-    def fetch(name: str, target: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{name}", dst_path=tmp,
-                                                        tracking_uri=tracking)
-            if not Path(local).is_file():
-                raise TrackingError(f"{name} in {source} is not a file")
-            os.replace(local, target)
-
-    try:
-        return fetch_bundle(fetch, dst)
-    except Exception as exc:  # BundleError, TrackingError, and the several types mlflow raises for missing artifacts
-        raise TrackingError(f"cannot download {uri} ({source}): {exc}") from None
-
-
-def _version_source(uri: str, tracking: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    spec = uri[len("models:/"):].strip("/")
-    c = client(tracking)
-    try:
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            mv = c.get_model_version_by_alias(name, alias)
-        else:
-            name, version = spec.rsplit("/", 1)
-            mv = c.get_model_version(name, version)
-    except (MlflowException, ValueError) as exc:
-        raise TrackingError(f"no model version for {uri}: {exc}") from None
-    return mv.source
-
-
-def load_registered_bundle(uri: str, dst: str | os.PathLike | None = None, tracking: str | None = None,
-                           **load_kwargs) -> "ModelBundle":
-    """Load a :class:`ModelBundle` from the registry (``models:/name@alias``, ``models:/name/N``), a
-    run (``runs:/<id>/bundle``) or a local directory. Safetensors + JSON only: never unpickles."""
-    from .models.bundle import ModelBundle
-
-    return ModelBundle.load(download_model(uri, dst, tracking), **load_kwargs)

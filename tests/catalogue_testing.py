@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 import pyarrow.dataset as pads
 
-from survey_estimator.catalogue.model import ModelRef
+from survey_estimator.models.resolve import ModelRef
 from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.read import META_FLOAT, rows_to_batch
 

@@ -11,7 +11,7 @@ import pytest
 
 from catalogue_testing import save_tiny_bundle
 from survey_estimator.catalogue.inventory import catalogue_files
-from survey_estimator.catalogue.model import ModelNotFoundError, load_bundle, resolve_model
+from survey_estimator.models.resolve import ModelNotFoundError, load_bundle, resolve_model
 from survey_estimator.catalogue.pipeline import CatalogueConfig, CatalogueError, run_catalogue, worker_env
 from survey_estimator.catalogue.query import query
 from survey_estimator.cli import run_command

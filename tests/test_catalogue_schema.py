@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from catalogue_testing import fake_rows
-from survey_estimator.catalogue.model import ModelRef
+from survey_estimator.models.resolve import ModelRef
 from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.schema import (COLUMNS, COV_SIZE, DATA_SCHEMA, SCHEMA, CatalogueFlag, catalogue_flags,
                                                columns_markdown, flag_names, flag_table, flags_markdown, night_from_key, night_from_mjd, night_of)

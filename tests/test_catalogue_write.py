@@ -9,7 +9,7 @@ import pytest
 
 from catalogue_testing import fake_rows
 from survey_estimator.catalogue.inventory import catalogue_files, open_catalogue
-from survey_estimator.catalogue.model import ModelRef
+from survey_estimator.models.resolve import ModelRef
 from survey_estimator.catalogue.pipeline import CatalogueConfig, read_plan
 from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.schema import DATA_SCHEMA, SCHEMA

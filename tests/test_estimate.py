@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from catalogue_testing import save_tiny_bundle
-from survey_estimator.catalogue.model import ModelNotFoundError, resolve_model
+from survey_estimator.models.resolve import ModelNotFoundError, resolve_model
 from survey_estimator.catalogue.schema import COLUMN_NAMES, CatalogueFlag
 from survey_estimator.cli import run_command
-from survey_estimator.models import shipped
+from survey_estimator.models import resolve
 from survey_estimator.preprocess import Flag
 
 DATA = Path(__file__).parent / "data"
@@ -42,7 +42,7 @@ def no_defaults(tmp_path, monkeypatch):
     """No shipped bundle (an empty folder stands in for the package's) and no registry store."""
     empty = tmp_path / "shipped"
     empty.mkdir()
-    monkeypatch.setenv(shipped.BUNDLE_ENV, str(empty))
+    monkeypatch.setenv(resolve.BUNDLE_ENV, str(empty))
     db = tmp_path / "registry" / "mlflow.db"
     db.parent.mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
@@ -128,7 +128,7 @@ def test_default_resolution_order_shipped_then_registry(bundle, no_defaults, tmp
     # the README story: a bundle shipped in a production folder, registered with one command
     production = tmp_path / "production"
     shutil.copytree(bundle, production)
-    shutil.copy(shipped.PRODUCTION_DIR / "README.md", production / "README.md")
+    shutil.copy(resolve.PRODUCTION_DIR / "README.md", production / "README.md")
     other = Path(save_tiny_bundle(tmp_path / "other", name="tiny-other", seed=1))
     assert run_command("register", [str(other), "--alias", "candidate", "--tracking-uri", f"sqlite:///{db}"]) == 0
     with pytest.raises(ModelNotFoundError, match="no model to run.*stellar-estimator@production"):
@@ -143,7 +143,7 @@ def test_default_resolution_order_shipped_then_registry(bundle, no_defaults, tmp
     assert (row["model_name"], row["model_version"], row["status"]) == ("stellar-estimator", "2", "ok")
 
     shutil.copytree(other, empty, dirs_exist_ok=True)  # now a bundle is shipped: it wins over the registry
-    assert shipped.default_bundle_path() == empty.resolve()
+    assert resolve.default_bundle_path() == empty.resolve()
     ref = resolve_model(None)
     assert (ref.spec, ref.name) == (str(empty.resolve()), "tiny-other")
     assert run_command("estimate", ["--json", str(ADP)]) == 0
@@ -168,9 +168,9 @@ def test_catalogue_job_uses_the_same_default(bundle, no_defaults, tmp_path):
 
 
 def test_package_production_folder_is_documented():
-    readme = shipped.PRODUCTION_DIR / "README.md"
+    readme = resolve.PRODUCTION_DIR / "README.md"
     assert readme.is_file() and "manifest.json" in readme.read_text()
-    assert shipped.PRODUCTION_MODEL == "models:/stellar-estimator@production"
+    assert resolve.PRODUCTION_MODEL == "models:/stellar-estimator@production"
 
 
 def test_real_star_check_beside_literature_with_the_models_range(tmp_path, capsys):

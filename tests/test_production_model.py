@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from survey_estimator.catalogue.model import folder_hash, load_bundle, resolve_model
+from survey_estimator.models.resolve import folder_hash, load_bundle, resolve_model
 from survey_estimator.cli import run_command
 from survey_estimator.labels import LABEL_NAMES
-from survey_estimator.models import shipped
+from survey_estimator.models import resolve
 from survey_estimator.models.bundle import ESTIMATOR_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +26,11 @@ CARD_REAL_STARS = ROOT / "docs" / "model-card" / "real_stars.json"
 
 @pytest.fixture(scope="module")
 def production():
-    return load_bundle(resolve_model(str(shipped.PRODUCTION_DIR)))
+    return load_bundle(resolve_model(str(resolve.PRODUCTION_DIR)))
 
 
 def test_shipped_bundle_loads_and_is_small(production):
-    files = {f.name: f.stat().st_size for f in shipped.PRODUCTION_DIR.iterdir()}
+    files = {f.name: f.stat().st_size for f in resolve.PRODUCTION_DIR.iterdir()}
     assert {"manifest.json", ESTIMATOR_FILE} <= set(files) and sum(files.values()) < 50e6
     m = production.manifest
     assert m.name == "stellar-estimator" and m.label_range is not None
@@ -47,11 +47,11 @@ def test_model_card_names_the_shipped_weights(production):
 
 
 def test_estimate_uses_the_shipped_model_by_default(production, monkeypatch, capsys):
-    monkeypatch.delenv(shipped.BUNDLE_ENV, raising=False)
+    monkeypatch.delenv(resolve.BUNDLE_ENV, raising=False)
     e2ds = DATA / "HARPS.2003-12-13T06-19-48.371_e2ds_A.fits"
     assert run_command("estimate", ["--json", str(e2ds)]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert row["model_name"] == "stellar-estimator" and row["model_version"] == folder_hash(shipped.PRODUCTION_DIR)
+    assert row["model_name"] == "stellar-estimator" and row["model_version"] == folder_hash(resolve.PRODUCTION_DIR)
     assert row["status"] == "ok" and all(np.isfinite(row[n]) and row[f"{n}_err"] > 0 for n in LABEL_NAMES)
 
     # the model card's real-star row of this file is what this code and bundle give

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import boto3
@@ -88,7 +89,7 @@ def _put_dir(s3, bucket, prefix, folder: Path):
 
 
 def test_s3_bundle_download_writes_only_bundle_files_into_its_folder(s3_bucket, tmp_path):
-    from survey_estimator.catalogue.model import _s3_download, folder_hash, load_bundle, resolve_model
+    from survey_estimator.models.resolve import fetch_model, folder_hash, load_bundle, resolve_model
 
     src = save_tiny_bundle(tmp_path / "src")
     s3 = boto3.client("s3")
@@ -102,7 +103,7 @@ def test_s3_bundle_download_writes_only_bundle_files_into_its_folder(s3_bucket, 
 
     work = tmp_path / "work"
     dst = work / "a" / "b" / "bundle"
-    folder = _s3_download(f"s3://{s3_bucket}/models/tiny", str(dst))
+    folder = fetch_model(f"s3://{s3_bucket}/models/tiny", str(dst))
     assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()) == [
         "a/b/bundle/estimator.safetensors", "a/b/bundle/manifest.json"]
     assert folder_hash(folder) == folder_hash(src)
@@ -112,24 +113,34 @@ def test_s3_bundle_download_writes_only_bundle_files_into_its_folder(s3_bucket, 
 
 
 def test_s3_prefix_without_manifest_is_not_a_bundle(s3_bucket):
-    from survey_estimator.catalogue.model import ModelNotFoundError, resolve_model
+    from survey_estimator.models.resolve import ModelNotFoundError, resolve_model
 
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="models/empty/estimator.safetensors", Body=b"\0" * 16)
     with pytest.raises(ModelNotFoundError, match="no model bundle"):
         resolve_model(f"s3://{s3_bucket}/models/empty")
 
 
-def test_registry_download_fetches_only_bundle_files(tmp_path):
+def test_registry_download_fetches_only_bundle_files(tmp_path, monkeypatch):
     from survey_estimator import tracking
+    from survey_estimator.models.resolve import fetch_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     src = save_tiny_bundle(tmp_path / "src")
-    (src / "payload.py").write_text("import os\n")
-    (src / "extra").mkdir()
-    (src / "extra" / "x.bin").write_bytes(b"1234")
-    tracking.register_bundle_dir(src, name="t-data-only", alias="candidate", experiment="t-data-only", uri=uri)
+    extra = tmp_path / "extra"
+    (extra / "extra").mkdir(parents=True)
+    (extra / "payload.py").write_text("import os\n")
+    (extra / "extra" / "x.bin").write_bytes(b"1234")
+    for p in extra.rglob("*"):
+        if p.is_file():
+            shutil.copy(p, src / p.name)
+    mv = tracking.register_bundle_dir(src, name="t-data-only", alias="candidate", experiment="t-data-only", uri=uri)
+    c = tracking.client(uri)
+    assert sorted(a.path for a in c.list_artifacts(mv.run_id, "bundle")) == [f"bundle/{ESTIMATOR_FILE}", f"bundle/{MANIFEST}"]
+    c.log_artifacts(mv.run_id, str(extra), artifact_path="bundle")  # a registry version whose folder holds more
+    assert "bundle/payload.py" in {a.path for a in c.list_artifacts(mv.run_id, "bundle")}
     dst = tmp_path / "dl"
-    got = tracking.download_model("models:/t-data-only@candidate", dst, tracking=uri)
+    got = fetch_model("models:/t-data-only@candidate", dst)
     assert got == dst and sorted(p.name for p in dst.rglob("*")) == [ESTIMATOR_FILE, MANIFEST]
     assert ModelBundle.load(got, device="cpu").manifest.name == "tiny-test"
 
@@ -181,11 +192,11 @@ def test_oversized_manifest_and_weights_are_refused(tmp_path, monkeypatch):
 
 
 def test_s3_download_refuses_oversized_files_before_reading(s3_bucket, tmp_path, monkeypatch):
-    from survey_estimator.catalogue.model import ModelNotFoundError, _s3_download
+    from survey_estimator.models.resolve import ModelNotFoundError, fetch_model
 
     src = save_tiny_bundle(tmp_path / "src")
     _put_dir(boto3.client("s3"), s3_bucket, "models/big", src)
     monkeypatch.setattr(bundle_mod, "MAX_WEIGHTS_BYTES", 1000)
     with pytest.raises(ModelNotFoundError, match="larger than 1000 bytes"):
-        _s3_download(f"s3://{s3_bucket}/models/big", str(tmp_path / "dst"))
+        fetch_model(f"s3://{s3_bucket}/models/big", str(tmp_path / "dst"))
     assert not (tmp_path / "dst" / ESTIMATOR_FILE).exists()

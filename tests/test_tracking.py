@@ -60,8 +60,10 @@ def test_system_info_has_versions():
     assert info["sys.torch"] and info["sys.ray"].startswith("2.")
 
 
-def test_missing_model_is_a_clear_error(store):
-    with pytest.raises(tracking.TrackingError, match="no model version"):
-        tracking.download_model("models:/does-not-exist@candidate")
-    with pytest.raises(tracking.TrackingError):
-        tracking.download_model(str(Path("/nonexistent/bundle")))
+def test_missing_model_is_a_clear_error(store, tmp_path):
+    from survey_estimator.models.resolve import ModelNotFoundError, fetch_model, resolve_model
+
+    with pytest.raises(ModelNotFoundError, match="does-not-exist@candidate not found in the registry"):
+        resolve_model("models:/does-not-exist@candidate")
+    with pytest.raises(ModelNotFoundError, match="no model bundle at"):
+        fetch_model(str(Path("/nonexistent/bundle")), tmp_path / "dl")

@@ -15,6 +15,7 @@ from survey_estimator import tracking
 from survey_estimator.cli import run_command
 from survey_estimator.labels import LABEL_NAMES
 from survey_estimator.models.bundle import ModelBundle
+from survey_estimator.models.resolve import load_bundle
 from survey_estimator.training import TrainConfig, run_training
 
 RUN = "ddp-tiny"
@@ -94,8 +95,8 @@ def test_mlflow_run_has_params_metrics_artifacts(runs, store):
 def test_registry_round_trip_gives_identical_predictions(runs, store, tiny_grid, tmp_path):
     first, second = runs
     assert (first.model_version, second.model_version) == ("1", "2")
-    by_alias = tracking.load_registered_bundle("models:/test-estimator@candidate", dst=tmp_path / "a", device="cpu")
-    by_version = tracking.load_registered_bundle("models:/test-estimator/2", dst=tmp_path / "b", device="cpu")
+    by_alias = load_bundle("models:/test-estimator@candidate", device="cpu")
+    by_version = load_bundle("models:/test-estimator/2", device="cpu")
     local = ModelBundle.load(second.bundle_dir, device="cpu")
     assert by_alias.manifest.weights == local.manifest.weights == by_version.manifest.weights
     assert by_alias.manifest.grid_id == tracking_grid_id(tiny_grid)
@@ -107,7 +108,7 @@ def test_registry_round_trip_gives_identical_predictions(runs, store, tiny_grid,
     a, b = by_alias.predict(x), local.predict(x)
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.sigma, b.sigma)
-    v1 = tracking.load_registered_bundle("models:/test-estimator/1", dst=tmp_path / "c", device="cpu")
+    v1 = load_bundle("models:/test-estimator/1", device="cpu")
     assert v1.manifest.weights != local.manifest.weights
 
 
@@ -132,7 +133,7 @@ def test_evaluate_and_register_commands(runs, store, tiny_grid, tmp_path, capsys
     rc = run_command("register", [str(second.bundle_dir), "--name", "test-local", "--alias", "production"])
     assert rc == 0
     assert "models:/test-local/1" in capsys.readouterr().out
-    back = tracking.load_registered_bundle("models:/test-local@production", dst=tmp_path / "r", device="cpu")
+    back = load_bundle("models:/test-local@production", device="cpu")
     assert back.manifest.weights == ModelBundle.load(second.bundle_dir, device="cpu").manifest.weights
 
 

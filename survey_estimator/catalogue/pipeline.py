@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from ..ray_env import worker_env
 from ..storage import StorageError, redact, resolve
 from .inventory import check_writable, done_keys, list_archive, new_work, open_catalogue, select_nights
-from .model import ModelRef, resolve_model
+from ..models.resolve import ModelRef, resolve_model
 from .read import ReadOptions, read_batch
 from .schema import STATUS_OK
 from .write import NightWriter

@@ -21,7 +21,7 @@ import pyarrow as pa
 from dataclasses import dataclass
 
 from ..labels import LABEL_NAMES
-from .model import ModelRef, load_bundle
+from ..models.resolve import ModelRef, load_bundle
 from .read import WorkerEnv
 from .schema import COV_SIZE, SCHEMA, STATUS_OK, CatalogueFlag, catalogue_flags
 
@@ -95,7 +95,7 @@ class Predictor:
     """Callable class for ``map_batches``: loads the model (and the fit's grid) once per actor.
 
     Args:
-        ref: the pinned model (see :func:`survey_estimator.catalogue.model.resolve_model`).
+        ref: the pinned model (see :func:`survey_estimator.models.resolve.resolve_model`).
         use_dae: denoise with the bundle's DAE before estimating.
         env: credentials to set in this actor's process (registry/S3 bundle downloads).
         fit: :class:`FitOptions` (default: fit whenever the bundle's grid is reachable).

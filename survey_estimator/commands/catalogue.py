@@ -58,7 +58,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalogue.model import ModelNotFoundError
+    from ..models.resolve import ModelNotFoundError
     from ..catalogue.pipeline import CatalogueError, run_catalogue
 
     try:

@@ -176,7 +176,7 @@ def format_table(table: pa.Table) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalogue.model import ModelNotFoundError, resolve_model
+    from ..models.resolve import ModelNotFoundError, resolve_model
     from ..catalogue.predict import FitOptions
     from ..catalogue.schema import STATUS_OK
 

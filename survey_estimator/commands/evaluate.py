@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..catalogue.model import ModelNotFoundError, load_bundle, resolve_model
+    from ..models.resolve import ModelNotFoundError, load_bundle, resolve_model
 
     if not args.grid and not args.real_stars:
         print("error: give --grid (held-out test nodes) and/or --real-stars DIR", file=sys.stderr)

@@ -86,7 +86,7 @@ def check_real_stars(ref, data_dir: str, use_dae: bool = True) -> list[dict]:
     """One dict per star found in ``data_dir``: literature values and the catalogue row's estimates.
 
     Args:
-        ref: a resolved model (:func:`survey_estimator.catalogue.model.resolve_model`).
+        ref: a resolved model (:func:`survey_estimator.models.resolve.resolve_model`).
         data_dir: folder holding the stars' files (and the e2ds blaze next to it).
         use_dae: run the bundle's DAE first.
     Returns:
@@ -170,7 +170,7 @@ def fit_residual(ref, path: str, out_png: str | None = None) -> dict:
     import numpy as np
     import torch
 
-    from ..catalogue.model import load_bundle
+    from ..models.resolve import load_bundle
     from ..fit import Fitter, continuum, fit_spectra
     from ..fit.grid import load_forward_model, resolve_grid
     from ..instruments import read_observation
