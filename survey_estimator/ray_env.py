@@ -61,3 +61,36 @@ def worker_env(**overrides: str | None) -> tuple[dict[str, str], WorkerEnv]:
     secret = {k: v for k, v in env.items() if k in SECRET_ENV_VARS or redact(v) != v}
     plain = {k: v for k, v in env.items() if k not in secret}
     return plain, WorkerEnv(secret)
+
+
+def ensure_ray(num_cpus: int | None = None, address: str | None = None):
+    """Connect to Ray the same way for every job; returns the ``ray`` module.
+
+    * already initialised (e.g. a test's cluster): used as it is;
+    * ``address`` / ``$RAY_ADDRESS`` (a cluster, or inside ``ray job submit``): connect to it;
+    * else start a local Ray with ``num_cpus`` CPUs (default: all), no dashboard, and
+      ``RAY_AUTH_MODE=disabled`` unless set (a local ``ray.init()`` that writes an auth token
+      breaks an earlier ``ray start`` cluster); when Ray finds a cluster already running on
+      this machine (``ray start``) and refuses resource arguments, join it.
+
+    The job's ``runtime_env`` carries only the non-secret variables of :func:`worker_env`
+    (endpoint, region, MLflow URIs); credentials never (see the module docstring). On an existing
+    cluster ``num_cpus`` is not applied (callers use it to bound the tasks they keep in flight).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    kwargs = {"runtime_env": {"env_vars": worker_env()[0]}, "configure_logging": False, "log_to_driver": True}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+        return ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    except ValueError as exc:  # Ray found a running cluster and refuses resource arguments
+        if "existing cluster" not in str(exc):
+            raise
+        ray.init(**kwargs)
+    return ray

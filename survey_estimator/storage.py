@@ -46,9 +46,18 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def s3_filesystem(retries: int = 5) -> pafs.S3FileSystem:
-    """pyarrow S3 filesystem configured from the environment, retrying transient errors."""
+def s3_filesystem(retries: int = 5, request_timeout_s: float | None = None,
+                  connect_timeout_s: float | None = None) -> pafs.S3FileSystem:
+    """pyarrow S3 filesystem configured from the environment, retrying transient errors.
+
+    ``retries`` is the number of attempts per request (1: none, for callers that retry
+    themselves, see :mod:`survey_estimator.catalogue.retry`); the timeouts bound one request.
+    """
     kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries)}
+    if request_timeout_s is not None:
+        kwargs["request_timeout"] = float(request_timeout_s)
+    if connect_timeout_s is not None:
+        kwargs["connect_timeout"] = float(connect_timeout_s)
     endpoint = _endpoint()
     if endpoint:
         parsed = urlparse(endpoint)

@@ -11,22 +11,22 @@ from survey_estimator.catalogue.predict import Estimates, build_table
 from survey_estimator.catalogue.read import META_FLOAT, rows_to_batch
 
 
-def fake_rows(uris, nights, status="ok", snr=50.0, etag="e1"):
+def fake_rows(uris, nights, status="ok", snr=50.0, etag="e1", error_class="permanent"):
     """Read-stage rows (as read_batch makes them) for the given URIs and nights."""
     rows = []
     for uri, night in zip(uris, nights):
         r = {k: 1.0 for k in META_FLOAT}
         r.update(source_uri=uri, etag=etag, size_bytes=1000, night=night, object="HD 1", instrument="HARPS-N",
                  drs_version="HARPN_3.7", snr=snr, flags=0, status=status, error=None if status == "ok" else "bad file",
-                 preprocessing_version="pp-1", x=np.zeros((2, 8, 4096), np.float32),
+                 error_class=None if status == "ok" else error_class, preprocessing_version="pp-1", code_version="code-1", x=np.zeros((2, 8, 4096), np.float32),
                  ivar=np.zeros((8, 4096), np.float32), resolution=115000.0)
         rows.append(r)
     return rows_to_batch(rows)
 
 
-def write_catalogue(root, uris, nights, teff, model=("m", "1"), status="ok", etag="e1", fs=None):
+def write_catalogue(root, uris, nights, teff, model=("m", "1"), status="ok", etag="e1", fs=None, error_class="permanent"):
     """Write one run's worth of rows (teff values given; other labels fixed) as a new Parquet file."""
-    batch = fake_rows(uris, nights, status=status, etag=etag)
+    batch = fake_rows(uris, nights, status=status, etag=etag, error_class=error_class)
     n = len(uris)
     ok = np.array([status == "ok"] * n)
     mean = np.column_stack([teff, np.full(n, 4.4), np.full(n, 0.0), np.full(n, 3.0)])

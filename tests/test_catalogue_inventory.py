@@ -14,6 +14,7 @@ from catalogue_testing import write_catalogue
 from survey_estimator.catalogue.inventory import (ArchiveObject, done_keys, list_archive, new_work, night_selected,
                                                   select_nights)
 from survey_estimator.catalogue.read import ReadOptions, fetch, read_batch, read_one
+from survey_estimator.catalogue.retry import RetryPolicy
 from survey_estimator.catalogue.schema import CatalogueFlag
 from survey_estimator.storage import StorageError
 
@@ -65,8 +66,8 @@ def test_unreachable_bucket_fails_fast_without_secrets(s3_server):
 def test_missing_object_is_a_transient_error_row(s3_bucket):
     with pytest.raises(StorageError):
         fetch(f"s3://{s3_bucket}/gone.fits", retries=2, backoff_s=0.01)
-    row = read_one(f"s3://{s3_bucket}/gone.fits", ReadOptions(retries=2, backoff_s=0.01))
-    assert row["status"] == "error" and row["error"].startswith("transient:")
+    row = read_one(f"s3://{s3_bucket}/gone.fits", ReadOptions(retry=RetryPolicy(attempts=2, base_s=0.01)))
+    assert row["status"] == "error" and row["error_class"] == "transient" and "fetch" in row["error"]
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in row["error"]
 
 
@@ -82,16 +83,26 @@ def test_done_keys_and_new_work(tmp_path):
     assert done_keys(str(tmp_path / "empty"), "1") == set()
 
 
-def test_transient_errors_are_retried(tmp_path):
+def test_transient_errors_are_retried_and_unexpected_ones_when_the_code_changes(tmp_path):
     import pyarrow as pa
     import pyarrow.dataset as pads
 
     root = str(tmp_path / "cat")
-    t = write_catalogue(root, ["u4"], ["2016-01-07"], [0.0], status="error", etag="e1")
-    shutil.rmtree(root)
-    t = t.set_column(t.schema.get_field_index("error"), "error", pa.array(["transient: cannot read s3://b/u4"]))
-    pads.write_dataset(t, root, format="parquet", partitioning=["night"], partitioning_flavor="hive")
-    assert done_keys(root, "1") == set()
+    write_catalogue(root, ["u1"], ["2016-01-07"], [0.0], status="error", etag="e1", error_class="permanent")
+    write_catalogue(root, ["u2"], ["2016-01-07"], [0.0], status="error", etag="e1", error_class="transient")
+    write_catalogue(root, ["u3"], ["2016-01-07"], [0.0], status="error", etag="e1", error_class="unexpected")
+    same = done_keys(root, "1", code="code-1", preprocessing="pp-1")
+    assert same == {("u1", "e1"), ("u3", "e1")}
+    assert done_keys(root, "1", code="code-2", preprocessing="pp-1") == {("u1", "e1")}
+    assert done_keys(root, "1", code="code-1", preprocessing="pp-2") == {("u1", "e1")}
+    # rows from before the retry classes: a 'transient:' reason is transient, any other error permanent
+    legacy = str(tmp_path / "legacy")
+    t = write_catalogue(legacy, ["u4", "u5"], ["2016-01-07"] * 2, [0.0, 0.0], status="error", etag="e1")
+    shutil.rmtree(legacy)
+    t = t.set_column(t.schema.get_field_index("error"), "error", pa.array(["transient: cannot read s3://b/u4", "bad"]))
+    t = t.drop_columns(["error_class", "code_version"])
+    pads.write_dataset(t, legacy, format="parquet", partitioning=["night"], partitioning_flavor="hive")
+    assert done_keys(legacy, "1") == {("u5", "e1")}
 
 
 def test_night_selection():

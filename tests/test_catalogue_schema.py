@@ -17,7 +17,7 @@ CONTRACT = ["source_uri", "etag", "size_bytes", "night", "object", "instrument",
             "mjd_obs", "bjd", "exptime_s", "berv_kms", "rv_kms", "snr", "teff", "teff_err", "logg", "logg_err", "mh",
             "mh_err", "vsini", "vsini_err", "cov", "method", "chi2_red", "model_error", "fit_rv_kms", "fit_iterations",
             "fit_converged", "grid_id", "nn_teff", "nn_teff_err", "nn_logg", "nn_logg_err", "nn_mh", "nn_mh_err",
-            "nn_vsini", "nn_vsini_err", "flags", "status", "error", "model_name", "model_version",
+            "nn_vsini", "nn_vsini_err", "flags", "status", "error", "error_class", "code_version", "model_name", "model_version",
             "preprocessing_version", "processed_at"]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
 

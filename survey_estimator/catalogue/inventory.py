@@ -14,15 +14,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+import stat
+from dataclasses import asdict, dataclass, replace
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from ..storage import StorageError, is_s3, redact, resolve
-from .schema import PARTITION_COLUMN, STATUS_ERROR, night_from_key
+from .schema import PARTITION_COLUMN, night_from_key
+from .status import LEGACY_TRANSIENT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +33,27 @@ FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts")
 AUXILIARY = re.compile(r"_(blaze|wave|ccf|bis|order_profile|loc|flat|ff|lamp|drift|bkg)_[A-Z]\.fits(\.gz)?$", re.I)
 """Pipeline products that are not science spectra (skipped; blaze files are indexed)."""
 BLAZE = re.compile(r"_blaze_[A-Z]\.fits(\.gz)?$", re.I)
-TRANSIENT_PREFIX = "transient:"
-"""Error reasons starting with this are storage hiccups, retried on the next run."""
+TRANSIENT_PREFIX = LEGACY_TRANSIENT_PREFIX
+DAMAGED_DIR = ".damaged"
+"""Damaged Parquet files are moved under ``<catalogue>/.damaged/`` (ignored by every reader)."""
 
 
 @dataclass(frozen=True)
 class ArchiveObject:
-    """One listed file: full URI, ETag, size (bytes) and the night its name suggests (or None)."""
+    """One listed file: full URI, ETag, size (bytes) and the night its name suggests (or None).
+
+    ``problem``: why the entry cannot be read at all (an unstat-able local entry, an unsafe S3
+    key); it becomes a permanent error row without any read. ``local_path``: the hex of the
+    file system path's bytes when the name is not valid UTF-8 (``uri`` then shows the bad bytes
+    as ``\\xNN``, and the file is opened by these bytes).
+    """
 
     uri: str
     etag: str
     size: int
     night_hint: str | None = None
+    problem: str | None = None
+    local_path: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,17 +82,28 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def boto3_client(max_attempts: int = 8):
-    """An S3 client from the standard AWS environment, with standard-mode retries and backoff."""
+def boto3_client(max_attempts: int = 4):
+    """An S3 client from the standard AWS environment, with standard-mode retries and backoff
+    (used for listings and the catalogue's small state objects: one retry layer, bounded)."""
     import boto3
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    cfg = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    cfg = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=30)
     return boto3.client("s3", endpoint_url=endpoint, config=cfg)
 
 
-def _list_s3(uri: str) -> list[tuple[str, str, int]]:
+def unsafe_key_reason(key: str) -> str | None:
+    """Why an S3 key cannot be read as a path (empty or ``.``/``..`` components), else None."""
+    parts = key.split("/")
+    if any(p == "" for p in parts):
+        return "unsafe S3 key: empty path component ('//', or a leading or trailing '/')"
+    if any(p in (".", "..") for p in parts):
+        return "unsafe S3 key: '.' or '..' path component"
+    return None
+
+
+def _list_s3(uri: str) -> list[ArchiveObject]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = _split_s3(uri)
@@ -92,17 +115,52 @@ def _list_s3(uri: str) -> list[tuple[str, str, int]]:
         client.head_bucket(Bucket=bucket)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                out.append((f"s3://{bucket}/{item['Key']}", item["ETag"].strip('"'), int(item["Size"])))
+                key = item["Key"]
+                out.append(ArchiveObject(f"s3://{bucket}/{key}", item["ETag"].strip('"'), int(item["Size"]),
+                                         problem=unsafe_key_reason(key)))
     except (ClientError, BotoCoreError) as exc:
         raise StorageError(f"cannot list archive {uri}: {redact(str(exc))}") from None
     return out
 
 
-def _list_local(path: str) -> list[tuple[str, str, int]]:
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8 text: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _local_entry(path: str) -> ArchiveObject | None:
+    """The listing entry of one local name: a regular file, an error entry when it cannot be
+    stat'ed (dangling link, link loop, permissions), None (logged) when it is not a regular file."""
+    shown = display_path(path)
+    raw = None if shown == path else os.fsencode(path).hex()
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        log.warning("cannot stat %s (%s): recorded as an error row", shown, exc.strerror or exc)
+        return ArchiveObject(shown, f"unstatable-{exc.errno}", -1, problem=f"cannot stat: {exc.strerror or exc}",
+                             local_path=raw)
+    if not stat.S_ISREG(st.st_mode):
+        log.warning("skipping %s: not a regular file (mode %o)", shown, st.st_mode)
+        return None
+    return ArchiveObject(shown, f"local-{st.st_size}-{st.st_mtime_ns}", int(st.st_size), local_path=raw)
+
+
+def _list_local(path: str) -> list[ArchiveObject]:
     root = os.path.abspath(path)
     if not os.path.isdir(root):
         raise StorageError(f"archive folder {root} does not exist")
-    return [stat_local(os.path.join(dirpath, name)) for dirpath, _dirs, names in os.walk(root) for name in names]
+
+    def _walk_error(exc: OSError) -> None:
+        log.warning("cannot list %s (%s): skipped", display_path(exc.filename or ""), exc.strerror or exc)
+
+    out = []
+    for dirpath, _dirs, names in os.walk(root, onerror=_walk_error):  # symlinked folders are not followed
+        for name in names:
+            if is_fits_name(name):
+                entry = _local_entry(os.path.join(dirpath, name))
+                if entry is not None:
+                    out.append(entry)
+    return out
 
 
 def stat_local(path: str) -> tuple[str, str, int]:
@@ -119,20 +177,24 @@ def stat_local(path: str) -> tuple[str, str, int]:
 def list_archive(uri: str) -> Listing:
     """List FITS files under ``uri`` (s3://bucket/prefix or a local folder), recursively.
 
+    Odd entries never stop the listing: local names that are not regular files are skipped (with
+    a log line), entries that cannot be stat'ed and S3 keys with empty or ``..`` parts are listed
+    with a ``problem`` (they become permanent error rows).
+
     Raises:
         StorageError: the bucket or folder cannot be reached (message without credentials).
     """
     raw = _list_s3(uri) if is_s3(uri) else _list_local(resolve(uri).path)
     files, blaze = [], {}
-    for full, etag, size in sorted(raw):
-        base = full.rsplit("/", 1)[-1]
+    for obj in sorted(raw, key=lambda o: o.uri):
+        base = obj.uri.rsplit("/", 1)[-1]
         if not is_fits_name(base):
             continue
-        if BLAZE.search(base):
-            blaze[blaze_key(base)] = full
+        if BLAZE.search(base) and obj.problem is None and obj.local_path is None:
+            blaze[blaze_key(base)] = obj.uri
         if AUXILIARY.search(base):
             continue
-        files.append(ArchiveObject(full, etag, size, night_from_key(base)))
+        files.append(replace(obj, night_hint=night_from_key(base)))
     log.info("archive %s: %d science files, %d blaze files", uri, len(files), len(set(blaze.values())))
     return Listing(tuple(files), blaze)
 
@@ -162,15 +224,41 @@ def night_selected(value: str | None, night: str | None, since: str | None) -> b
 
 
 def catalogue_files(out_uri: str) -> list[str]:
-    """Parquet files under a catalogue root (paths inside its filesystem); [] when absent."""
+    """Parquet files under a catalogue root (paths inside its filesystem); [] when absent.
+
+    Paths with a component starting with ``.`` or ``_`` (the lock, the run state, damaged files
+    moved aside) are not catalogue files, as for pyarrow's and Spark's dataset discovery.
+    """
     loc = resolve(out_uri)
-    return sorted(i.path for i in loc.list_files(recursive=True) if i.path.endswith(".parquet") and "/." not in i.path)
+    base = loc.path.rstrip("/")
+    out = []
+    for info in loc.list_files(recursive=True):
+        rel = info.path[len(base):].lstrip("/")
+        if info.path.endswith(".parquet") and not any(p[:1] in "._" for p in rel.split("/")):
+            out.append(info.path)
+    return sorted(out)
 
 
-def open_catalogue(out_uri: str, columns_schema: pa.Schema | None = None, name_prefix: str | None = None) -> pads.Dataset | None:
+def damaged_files(fs, files: list[str]) -> list[str]:
+    """Those of ``files`` whose Parquet footer cannot be read (truncated, overwritten, not Parquet)."""
+    bad = []
+    for f in files:
+        try:
+            with fs.open_input_file(f) as handle:
+                pq.ParquetFile(handle).metadata
+        except Exception:  # any failure to open it makes it unusable
+            bad.append(f)
+    return bad
+
+
+def open_catalogue(out_uri: str, columns_schema: pa.Schema | None = None, name_prefix: str | None = None,
+                   repair: bool = False) -> pads.Dataset | None:
     """The catalogue as a pyarrow dataset (Hive partitioning on ``night``), or None when empty.
 
     ``name_prefix`` keeps only files whose base name starts with it (e.g. one run's files).
+    Damaged files (unreadable footer) are left out with a warning; with ``repair`` (a run holding
+    the catalogue's lock) they are moved to ``.damaged/`` under the root, so the files they held
+    are catalogued again.
     """
     from .schema import SCHEMA
 
@@ -181,23 +269,58 @@ def open_catalogue(out_uri: str, columns_schema: pa.Schema | None = None, name_p
     if not files:
         return None
     part = pads.partitioning(pa.schema([pa.field(PARTITION_COLUMN, pa.string())]), flavor="hive")
-    return pads.dataset(files, schema=columns_schema or SCHEMA, filesystem=loc.fs, format="parquet", partitioning=part, partition_base_dir=loc.path)
+
+    def dataset(paths):
+        return pads.dataset(paths, schema=columns_schema or SCHEMA, filesystem=loc.fs, format="parquet",
+                            partitioning=part, partition_base_dir=loc.path)
+
+    ds = dataset(files)
+    try:
+        ds.count_rows()  # reads every footer
+        return ds
+    except Exception:
+        pass
+    bad = damaged_files(loc.fs, files)
+    base = loc.path.rstrip("/")
+    for f in bad:
+        rel = f[len(base):].lstrip("/")
+        if repair:
+            target = f"{base}/{DAMAGED_DIR}/{rel}.damaged"
+            try:
+                loc.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                loc.fs.move(f, target)
+                log.warning("damaged catalogue file %s moved to %s: the files it held will be catalogued again",
+                            redact(rel), redact(f"{DAMAGED_DIR}/{rel}.damaged"))
+                continue
+            except OSError as exc:
+                log.warning("could not move damaged file %s aside: %s", redact(rel), redact(str(exc)))
+        log.warning("damaged catalogue file %s left out (unreadable Parquet footer)", redact(rel))
+    good = [f for f in files if f not in bad]
+    return dataset(good) if good else None
 
 
-def done_keys(out_uri: str, model_version: str) -> set[tuple[str, str]]:
-    """(source_uri, etag) pairs the catalogue already holds for ``model_version``.
+def done_keys(out_uri: str, model_version: str, code: str | None = None, preprocessing: str | None = None,
+              repair: bool = False) -> set[tuple[str, str]]:
+    """(source_uri, etag) pairs the catalogue already settles for ``model_version``.
 
-    Error rows count as done (a broken file is not re-read every night) unless their reason is
-    transient (a storage hiccup), which is retried.
+    A key is settled by any of its rows that :func:`survey_estimator.catalogue.status.is_done`
+    accepts: ok and permanent rows; unexpected rows written by this ``code`` version and
+    ``preprocessing`` version (defaults: the running ones); transient rows never.
     """
-    ds = open_catalogue(out_uri)
+    from .status import code_version, is_done
+
+    if code is None:
+        code = code_version()
+    if preprocessing is None:
+        from ..preprocess import PREPROCESSING_VERSION as preprocessing
+    ds = open_catalogue(out_uri, repair=repair)
     if ds is None:
         return set()
     flt = pc.field("model_version") == model_version
-    table = ds.to_table(columns=["source_uri", "etag", "status", "error"], filter=flt)
-    transient = pc.and_(pc.equal(table["status"], STATUS_ERROR), pc.fill_null(pc.starts_with(table["error"], TRANSIENT_PREFIX), False))
-    keep = table.filter(pc.invert(transient))
-    return set(zip(keep["source_uri"].to_pylist(), keep["etag"].to_pylist()))
+    cols = ["source_uri", "etag", "status", "error_class", "error", "code_version", "preprocessing_version"]
+    rows = ds.to_table(columns=cols, filter=flt).to_pylist()
+    return {(r["source_uri"], r["etag"]) for r in rows
+            if is_done(r["status"], r["error_class"], r["error"], r["code_version"], r["preprocessing_version"], code, preprocessing)}
 
 
 def new_work(files: list[ArchiveObject], done: set[tuple[str, str]]) -> list[ArchiveObject]:

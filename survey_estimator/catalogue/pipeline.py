@@ -4,17 +4,26 @@ Order of work in :func:`run_catalogue`:
 
 1. fail fast: resolve the model (registry or folder), list the archive (ETag and size), check
    the catalogue root is reachable; nothing is computed before all three succeed;
-2. skip every (source_uri, etag) the catalogue already holds for this model version;
-3. ``map_batches(read_batch)`` on CPU tasks: fetch with retries, read, preprocess; one bad file
-   becomes an error row, never a failed block;
-4. ``map_batches(Predictor, compute=ActorPoolStrategy(size=actors), num_gpus=..., num_cpus=
+2. take the catalogue's lock (:mod:`~survey_estimator.catalogue.lock`: one run at a time), move
+   damaged Parquet files aside, record the archive listing and the model's promotion
+   (:mod:`~survey_estimator.catalogue.state`);
+3. skip every (source_uri, etag) the catalogue already settles for this model version
+   (:func:`~survey_estimator.catalogue.status.is_done`: transient errors are redone);
+4. ``map_batches(read_batch)`` on CPU tasks (``max_retries`` bounded): fetch through the one
+   retry layer, read, preprocess, each file inside its guard and deadline; one bad file becomes
+   an error row with its retry class, never a failed block;
+5. ``map_batches(Predictor, compute=ActorPoolStrategy(size=actors), num_gpus=..., num_cpus=
    fractional)``: the model is loaded once per actor; ``DataContext.wait_for_min_actors_s`` turns
    a GPU that never appears into an error instead of a hang;
-5. the driver streams the (pixel-free, ~1 kB/row) result blocks and writes them Hive-partitioned
+6. the driver streams the (pixel-free, ~1 kB/row) result blocks and writes them Hive-partitioned
    by night into NEW files ``night=YYYY-MM-DD/run-<run id>-<n>.parquet``
-   (:class:`~survey_estimator.catalogue.write.NightWriter`: one file per night and run): old files
-   are never rewritten, so readers are safe during a run, and a rerun over the same inputs writes
-   nothing at all.
+   (:class:`~survey_estimator.catalogue.write.NightWriter`), every ``flush_rows`` rows or
+   ``flush_s`` seconds and when SIGTERM/SIGINT stops the run: old files are never rewritten, so
+   readers are safe during a run, and a rerun over the same inputs writes nothing at all;
+7. files of blocks that Ray lost (a worker died, e.g. killed for memory, past ``max_retries``)
+   are counted and written as transient error rows; once transient errors pass
+   ``transient_abort_count`` / ``transient_abort_rate`` (an outage) the run stops, saves what it
+   has and raises :class:`CatalogueAborted` (exit status 3).
 
 Throughput on small machines (bench/catalogue.py): the read stage is the CPU-heavy one, so read
 tasks reserve a fraction of a CPU chosen to let as many of them run as the cluster has CPUs next
@@ -23,21 +32,31 @@ actor), files per read task grow with the work list, and no Ray write tasks comp
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
+import signal
+import threading
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..ray_env import worker_env
-from ..storage import StorageError, redact, resolve
-from .inventory import check_writable, done_keys, list_archive, new_work, open_catalogue, select_nights
 from ..models.resolve import ModelRef, resolve_model
-from .read import ReadOptions, read_batch
-from .schema import STATUS_OK
+from ..ray_env import ensure_ray, worker_env
+from ..storage import StorageError, redact, resolve
+from . import state
+from .inventory import ArchiveObject, check_writable, done_keys, list_archive, new_work, open_catalogue, select_nights
+from .lock import CatalogueLock, CatalogueLocked
+from .read import STATUS_FILTERED, ReadOptions, error_fields, read_batch
+from .retry import RetryPolicy
+from .schema import STATUS_OK, night_now
+from .status import ERROR_CLASSES, TRANSIENT, TransientError, code_version
 from .write import NightWriter
 
 log = logging.getLogger(__name__)
@@ -45,6 +64,23 @@ log = logging.getLogger(__name__)
 
 class CatalogueError(RuntimeError):
     """The run cannot proceed (bad arguments, no GPU node in time, ...); the message says why."""
+
+
+class CatalogueAborted(CatalogueError):
+    """The run stopped early (an outage: transient errors past the threshold; or its lock was
+    lost) after saving what it had; ``summary`` says what was done."""
+
+    def __init__(self, message: str, summary: "RunSummary"):
+        super().__init__(message)
+        self.summary = summary
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT stopped the run (after it saved what it had); ``signum`` names the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -68,11 +104,32 @@ class CatalogueConfig:
     read_cpus: float | None = None
     """CPUs reserved per read task (None: derived, see :func:`read_plan`)."""
     rows_per_file: int = 10000
-    """Catalogue rows per Parquet file and night (a run writes one file per night below this)."""
+    """Catalogue rows per Parquet file and night at most."""
+    flush_rows: int = 1000
+    """Save every buffered night once the run holds this many unsaved rows."""
+    flush_s: float = 300.0
+    """... or once this many seconds passed since the last save."""
     actor_start_timeout_s: int = 600
     """How long to wait for the actor pool (e.g. a GPU node from the autoscaler) before failing."""
     use_dae: bool = True
-    retries: int = 5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """The one retry layer of storage reads (attempts, backoff with jitter, total budget)."""
+    file_deadline_s: float | None = 120.0
+    """Per-file deadline for all its steps (stat, fetch, blaze, read, preprocess)."""
+    max_file_bytes: int = 512 << 20
+    max_decompressed_bytes: int = 512 << 20
+    max_task_retries: int = 2
+    """Ray retries of a read task / restarts of a model actor (Ray Data's default is infinite)."""
+    transient_abort_count: int = 20
+    transient_abort_rate: float = 0.5
+    """Stop the run (outage) once transient errors reach min(count, rate x files to do) and are
+    at least this fraction of the rows received so far."""
+    lock_ttl_s: float = 900.0
+    """Expiry of the catalogue lock, pushed forward every ttl/3 while the run lives."""
+    break_lock: bool = False
+    """Remove another run's unexpired lock (an operator who made sure that run is gone)."""
+    code: str | None = None
+    """Code version written into rows (default :func:`~survey_estimator.catalogue.status.code_version`)."""
     fit: bool = True
     """Refine the network's estimate by the likelihood fit when a grid is reachable."""
     grid: str | None = None
@@ -93,6 +150,14 @@ class RunSummary:
     written: int = 0
     ok: int = 0
     errors: int = 0
+    permanent: int = 0
+    transient: int = 0
+    unexpected: int = 0
+    lost: int = 0
+    """Files of blocks Ray lost (written as transient error rows)."""
+    filtered: int = 0
+    """Files read but outside the night filters (nothing written)."""
+    aborted: str | None = None
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -107,15 +172,6 @@ def _check_date(name: str, value: str | None) -> None:
         dt.date.fromisoformat(value)
     except ValueError:
         raise CatalogueError(f"--{name} must be YYYY-MM-DD, got {value!r}") from None
-
-
-def ensure_ray() -> None:
-    """Connect to Ray: the cluster of ``ray job submit`` / RAY_ADDRESS, else start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(runtime_env={"env_vars": worker_env()[0]}, log_to_driver=True)  # local workers inherit the rest
 
 
 def read_plan(n_files: int, cluster_cpus: float, config: CatalogueConfig) -> tuple[int, float]:
@@ -137,92 +193,210 @@ def read_plan(n_files: int, cluster_cpus: float, config: CatalogueConfig) -> tup
     return int(batch), math.floor(read_cpus * 1000) / 1000  # rounded down: the last task must still fit
 
 
-def prepare(config: CatalogueConfig) -> tuple[ModelRef, list, dict, RunSummary]:
-    """Fail-fast checks and the work list: (model, files to process, blaze index, summary so far)."""
+def _check_config(config: CatalogueConfig) -> None:
     _check_date("night", config.night)
     _check_date("since", config.since)
     if config.batch_size < 1 or config.actors < 1:
         raise CatalogueError("--batch-size and --actors must be at least 1")
-    if (config.read_batch_size is not None and config.read_batch_size < 1) or config.rows_per_file < 1:
-        raise CatalogueError("--read-batch-size and rows per file must be at least 1")
+    if (config.read_batch_size is not None and config.read_batch_size < 1) or config.rows_per_file < 1 or config.flush_rows < 1:
+        raise CatalogueError("--read-batch-size, rows per file and --flush-rows must be at least 1")
     if config.read_cpus is not None and not config.read_cpus > 0:
         raise CatalogueError("--read-cpus must be positive")
+
+
+def _fail_fast(config: CatalogueConfig):
+    """(model, listing, summary) after the checks that must pass before any work."""
+    _check_config(config)
     ref = resolve_model(config.model)
     listing = list_archive(config.archive)
     check_writable(config.out)
     summary = RunSummary(run_id=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
-                         model_name=ref.name, model_version=ref.version)
-    summary.listed = len(listing.files)
+                         model_name=ref.name, model_version=ref.version, listed=len(listing.files))
+    return ref, listing, summary
+
+
+def _plan(config: CatalogueConfig, ref: ModelRef, listing, summary: RunSummary, repair: bool) -> list[ArchiveObject]:
     selected = select_nights(listing.files, config.night, config.since)
     summary.selected = len(selected)
-    todo = new_work(selected, done_keys(config.out, ref.version))
+    todo = new_work(selected, done_keys(config.out, ref.version, code=config.code or code_version(), repair=repair))
     summary.skipped = len(selected) - len(todo)
     log.info("model %s version %s; %d files listed, %d selected, %d already catalogued, %d to process",
              ref.name, ref.version, summary.listed, summary.selected, summary.skipped, len(todo))
-    return ref, todo, listing.blaze, summary
+    return todo
+
+
+def prepare(config: CatalogueConfig) -> tuple[ModelRef, list, dict, RunSummary]:
+    """Fail-fast checks and the work list, without the lock (a dry run): (model, files to
+    process, blaze index, summary so far)."""
+    ref, listing, summary = _fail_fast(config)
+    return ref, _plan(config, ref, listing, summary, repair=False), listing.blaze, summary
 
 
 def run_catalogue(config: CatalogueConfig) -> RunSummary:
     """Catalogue new files of ``config.archive`` into ``config.out``; returns a :class:`RunSummary`.
 
     Raises:
-        StorageError: archive or catalogue storage unreachable (before any work).
+        StorageError: archive or catalogue storage unreachable (before any work), or rows that
+            could not be saved (the others were).
         ModelNotFoundError: the model cannot be resolved (before any work).
+        CatalogueLocked: another run holds the catalogue's lock (before any work).
+        CatalogueAborted: an outage stopped the run (what it had is saved).
+        RunInterrupted: SIGTERM/SIGINT stopped the run (what it had is saved).
         CatalogueError: bad arguments, or the actor pool did not start in time.
     """
     t0 = time.time()
-    ref, todo, blaze, summary = prepare(config)
-    if not todo:
+    ref, listing, summary = _fail_fast(config)
+    lock = CatalogueLock(config.out, summary.run_id, config.lock_ttl_s).acquire(break_lock=config.break_lock)
+    try:
+        with _stop_on_signals():
+            todo = _plan(config, ref, listing, summary, repair=True)
+            state.record_listing(config.out, listing.files)
+            state.record_model(config.out, ref.name, ref.version, summary.run_id)
+            if todo:
+                _execute(config, ref, todo, listing.blaze, summary, lock)
+            else:
+                log.info("nothing new to catalogue")
+    finally:
+        lock.release()
         summary.seconds = time.time() - t0
-        log.info("nothing new to catalogue")
-        return summary
+    return summary
 
-    import ray
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn the first SIGTERM/SIGINT into :class:`RunInterrupted` (so the run saves what it has);
+    a second one acts as usual. Only in the main thread (where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):
+        for s, h in previous.items():
+            signal.signal(s, h)
+        raise RunInterrupted(signum)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _outage(transient: int, received: int, n_todo: int, config: CatalogueConfig) -> bool:
+    """Whether transient errors have passed the threshold that stops the run."""
+    need = min(config.transient_abort_count, max(1, math.ceil(config.transient_abort_rate * n_todo)))
+    return transient >= need and transient >= config.transient_abort_rate * max(1, received)
+
+
+def _execute(config: CatalogueConfig, ref: ModelRef, todo: list[ArchiveObject], blaze: dict, summary: RunSummary,
+             lock: CatalogueLock) -> None:
+    """Run the Ray Data pipeline over ``todo`` and save its rows (see the module docstring)."""
     from ray.data import ActorPoolStrategy, DataContext
 
     from .predict import FitOptions, Predictor
 
-    ensure_ray()
+    ray = ensure_ray()
     ctx = DataContext.get_current()
+    saved_ctx = (ctx.wait_for_min_actors_s, ctx.max_errored_blocks)
     ctx.wait_for_min_actors_s = _actor_wait_s(config, ray.cluster_resources())
+    ctx.max_errored_blocks = -1  # errored blocks are not dropped silently: their files are counted below
     plain, secrets = worker_env()
     env = _op_runtime_env(plain)
-    opts = ReadOptions(night=config.night, since=config.since, blaze=blaze, retries=config.retries, env=secrets)
+    opts = ReadOptions(night=config.night, since=config.since, blaze=blaze, retry=config.retry, deadline_s=config.file_deadline_s,
+                       max_file_bytes=config.max_file_bytes, max_decompressed_bytes=config.max_decompressed_bytes,
+                       code=config.code or code_version(), env=secrets)
     files_per_task, read_cpus = read_plan(len(todo), ray.cluster_resources().get("CPU", 1.0), config)
     n_blocks = max(1, math.ceil(len(todo) / files_per_task))
     log.info("read stage: %d tasks of <= %d files, %.3g CPU each; model: %d actor(s) x %.3g CPU, %.3g GPU",
              n_blocks, files_per_task, read_cpus, config.actors, config.actor_cpus, config.num_gpus)
+    retries = int(config.max_task_retries)
     ds = ray.data.from_items([f.as_dict() for f in todo], override_num_blocks=n_blocks)
-    # batch_size None: one task per input block (a batch size would merge blocks one file short of it)
-    ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=None,
-                        batch_format="numpy", num_cpus=read_cpus, **env)
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets,
-                                                              "fit": FitOptions(config.fit, config.grid)},
-                        compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
-                        batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus, **env)
-    writer = NightWriter(resolve(config.out), summary.run_id, config.rows_per_file)
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for max_retries / max_restarts yet (deprecation of **ray_remote_args)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        # batch_size None: one task per input block (a batch size would merge blocks one file short of it)
+        ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=None, batch_format="numpy", num_cpus=read_cpus,
+                            max_retries=retries, **env)
+        ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets,
+                                                                  "fit": FitOptions(config.fit, config.grid)},
+                            compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
+                            batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus,
+                            max_restarts=retries, max_task_retries=retries, **env)
+    writer = NightWriter(resolve(config.out), summary.run_id, config.rows_per_file, config.flush_rows, config.flush_s)
+    seen: set[str] = set()
+    transient = received = 0
+    finished = False
     try:
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(block)
-        writer.close()
-    except StorageError:
-        raise
-    except Exception as exc:
-        _save_finished(writer)
-        if isinstance(exc, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in str(exc):
-            raise CatalogueError(
-                f"the model actor pool ({config.actors} x {config.num_gpus or 0} GPU, {config.actor_cpus} CPU) "
-                f"did not start within {config.actor_start_timeout_s} s: no node with those resources appeared"
-            ) from None
-        raise CatalogueError(f"catalogue run failed: {redact(str(exc))}") from None
+        try:
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                seen.update(block["source_uri"].to_pylist())
+                status = block["status"]
+                summary.filtered += int(pc.sum(pc.equal(status, STATUS_FILTERED)).as_py() or 0)
+                block = block.filter(pc.not_equal(status, STATUS_FILTERED))
+                writer.add(block)
+                received += block.num_rows
+                transient += int(pc.sum(pc.equal(block["error_class"], TRANSIENT)).as_py() or 0)
+                if lock.lost:
+                    summary.aborted = "the catalogue lock was lost (expired and taken over by another run)"
+                    break
+                if _outage(transient, received, len(todo), config):
+                    summary.aborted = (f"storage outage: {transient} of {received} files failed transiently "
+                                       f"(threshold {config.transient_abort_count} / {config.transient_abort_rate:.0%})")
+                    break
+            else:
+                finished = True
+        except (StorageError, RunInterrupted):
+            raise
+        except Exception as exc:
+            if isinstance(exc, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in str(exc):
+                raise CatalogueError(
+                    f"the model actor pool ({config.actors} x {config.num_gpus or 0} GPU, {config.actor_cpus} CPU) "
+                    f"did not start within {config.actor_start_timeout_s} s: no node with those resources appeared"
+                ) from None
+            raise CatalogueError(f"catalogue run failed: {redact(str(exc))}") from None
+        if finished:
+            lost = [f for f in todo if f.uri not in seen]
+            summary.lost = len(lost)
+            if lost:
+                log.error("%d file(s) were in blocks that Ray lost (a read task or model actor died past %d retries, "
+                          "e.g. killed for memory): recorded as transient error rows", len(lost), retries)
+                writer.add(lost_rows(lost, ref, opts.code))
+                transient += len(lost)
+                received += len(lost)
+            if summary.aborted is None and transient and _outage(transient, received, len(todo), config):
+                summary.aborted = f"storage outage: {transient} of {received} files failed transiently"
+    finally:
+        ctx.wait_for_min_actors_s, ctx.max_errored_blocks = saved_ctx
+        summary.processed = len(seen) + summary.lost
+        _save(writer, summary, config.out)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("Ray Data stats:\n%s", ds.stats())
-    summary.processed = len(todo)
-    _count_written(config.out, summary)
-    summary.seconds = time.time() - t0
-    log.info("run %s: wrote %d rows (%d ok, %d error) in %d files, %.1f s", summary.run_id, summary.written,
-             summary.ok, summary.errors, len(summary.files), summary.seconds)
-    return summary
+    log.info("run %s: wrote %d rows (%d ok, %d permanent, %d transient, %d unexpected; %d lost) in %d files",
+             summary.run_id, summary.written, summary.ok, summary.permanent, summary.transient, summary.unexpected,
+             summary.lost, len(summary.files))
+    if summary.aborted:
+        raise CatalogueAborted(f"run {summary.run_id} stopped: {summary.aborted}; saved {summary.written} rows, "
+                               "the transient ones are redone by the next run", summary)
+
+
+def lost_rows(files: list[ArchiveObject], ref: ModelRef, code: str) -> pa.Table:
+    """Transient error rows (catalogue schema) for files whose block Ray lost."""
+    from .predict import Estimates, build_table
+    from .read import _base_row, rows_to_batch
+
+    rows = []
+    for f in files:
+        row = _base_row(f.night_hint or night_now(), ReadOptions(code=code))
+        name = f.uri.rsplit("/", 1)[-1]
+        row.update(error_fields(TransientError("its read task or model actor was lost (worker died, e.g. out of memory)"),
+                                name, "ray"), source_uri=f.uri, etag=f.etag, size_bytes=int(f.size))
+        rows.append(row)
+    batch = rows_to_batch(rows)
+    return build_table(batch, np.zeros(len(rows), bool), Estimates.empty(len(rows), batch["flags"]), ref)
 
 
 def _actor_wait_s(config: CatalogueConfig, resources: dict) -> int:
@@ -250,12 +424,15 @@ def _op_runtime_env(plain: dict[str, str]) -> dict:
     return {"runtime_env": {"env_vars": plain}}
 
 
-def _save_finished(writer: NightWriter) -> None:
-    """After a failed run, write the rows already estimated (the next run skips them)."""
+def _save(writer: NightWriter, summary: RunSummary, out_uri: str) -> None:
+    """Write what the run has (also after a failure or a signal), then count it."""
     try:
         writer.close()
-    except Exception as exc:  # the run's own error is the one to report
-        log.warning("could not save the rows finished before the failure: %s", redact(str(exc)))
+    finally:
+        try:
+            _count_written(out_uri, summary)
+        except Exception as exc:  # counting is a report, never the run's own error
+            log.warning("could not count the rows written: %s", redact(str(exc)))
 
 
 def _count_written(out_uri: str, summary: RunSummary) -> None:
@@ -264,11 +441,13 @@ def _count_written(out_uri: str, summary: RunSummary) -> None:
     if ds is None:
         return
     summary.files = [redact(f) for f in ds.files]
-    status = ds.to_table(columns=["status"])["status"]
-    summary.written = len(status)
-    summary.ok = int(pc.sum(pc.equal(status, STATUS_OK)).as_py() or 0)
+    table = ds.to_table(columns=["status", "error_class"])
+    summary.written = table.num_rows
+    summary.ok = int(pc.sum(pc.equal(table["status"], STATUS_OK)).as_py() or 0)
     summary.errors = summary.written - summary.ok
+    for cls in ERROR_CLASSES:
+        setattr(summary, cls, int(pc.sum(pc.equal(table["error_class"], cls)).as_py() or 0))
 
 
-__all__ = ["CatalogueConfig", "CatalogueError", "RunSummary", "run_catalogue", "prepare", "read_plan", "worker_env",
-           "StorageError"]
+__all__ = ["CatalogueConfig", "CatalogueError", "CatalogueAborted", "CatalogueLocked", "RunInterrupted", "RunSummary",
+           "run_catalogue", "prepare", "read_plan", "ensure_ray", "worker_env", "StorageError"]

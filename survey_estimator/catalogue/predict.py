@@ -21,6 +21,7 @@ import pyarrow as pa
 from dataclasses import dataclass
 
 from ..labels import LABEL_NAMES
+from ..storage import redact
 from ..models.resolve import ModelRef, load_bundle
 from .read import WorkerEnv
 from .schema import COV_SIZE, SCHEMA, STATUS_OK, CatalogueFlag, catalogue_flags
@@ -181,8 +182,33 @@ class Predictor:
             est.flags[idx] |= fit_flags_to_catalogue(res.flags)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Catalogue rows for a read batch. The predict step is inside the per-file guard: when
+        the batch fails, each row is estimated alone and the rows that still fail become error
+        rows with their retry class (e.g. MemoryError: transient)."""
+        try:
+            est = self.estimate(batch)
+        except Exception as exc:
+            log.warning("model batch of %d rows failed (%s: %s); estimating row by row", len(batch["status"]),
+                        type(exc).__name__, redact(str(exc)))
+            batch = {k: (np.array(v, dtype=object) if isinstance(v, list) else v) for k, v in batch.items()}
+            parts = [self._one(batch, i) for i in range(len(batch["status"]))]
+            return pa.concat_tables(parts) if parts else build_table(batch, np.zeros(0, bool), Estimates.empty(0, []), self.ref)
         ok = np.asarray([s == STATUS_OK for s in batch["status"]], dtype=bool)
-        return build_table(batch, ok, self.estimate(batch), self.ref)
+        return build_table(batch, ok, est, self.ref)
+
+    def _one(self, batch: dict, i: int) -> pa.Table:
+        row = {k: v[i : i + 1] for k, v in batch.items()}
+        try:
+            est = self.estimate(row)
+        except Exception as exc:
+            from .read import error_fields
+
+            name = str(row["source_uri"][0]).rsplit("/", 1)[-1]
+            fields = error_fields(exc, name, "predict")
+            row = {**row, **{k: np.array([v], dtype=object if isinstance(v, str) else np.int64) for k, v in fields.items()}}
+            est = Estimates.empty(1, row["flags"])
+        ok = np.asarray([s == STATUS_OK for s in row["status"]], dtype=bool)
+        return build_table(row, ok, est, self.ref)
 
 
 def build_table(batch: dict, ok: np.ndarray, est: Estimates, ref: ModelRef) -> pa.Table:

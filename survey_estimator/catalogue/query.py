@@ -1,13 +1,21 @@
-"""SQL over a catalogue with DuckDB: table ``catalogue``, view ``latest``, macro ``flag_bit``.
+"""SQL over a catalogue with DuckDB: tables ``catalogue``, ``archive``, ``models``, view ``latest``, macro ``flag_bit``.
 
 The catalogue (local folder or s3://) is opened as a pyarrow dataset (Hive partitioning on
 ``night``; S3 through the pyarrow filesystem, so no DuckDB extension or network download is
 needed) and registered in an in-memory DuckDB connection:
 
 * ``catalogue``: every row ever written (all model versions, all ETags);
-* ``latest``: one row per ``source_uri``: the row of the newest model version, newest
-  ``processed_at`` within it. "Newest model version" is the (model_name, model_version) that first
-  wrote to the catalogue most recently, so registry versions and local-bundle hashes order alike;
+* ``archive``: the archive as the last run listed it (:mod:`~survey_estimator.catalogue.state`);
+* ``models``: the model promotion history (model_name, model_version, promoted_at, run_id);
+* ``latest``: one row per ``source_uri``, chosen by, in this order:
+  1. its newest content: the ETag the archive holds now, else the ETag seen last;
+  2. an ok row before an error row;
+  3. the model version promoted last (``models.promoted_at``; versions missing from the history
+     rank by the time they first wrote), so after a rollback the rolled-back-to version wins;
+  4. the newest ``processed_at``;
+  plus a column ``archive_state``: 'current' (the file, with this ETag, is in the archive),
+  'changed' (the archive holds other content, not yet catalogued), 'gone' (no longer in the
+  archive) or 'unknown' (no listing recorded);
 * ``flag_bit('LOW_SNR')``: the integer value of a named flag, for ``flags & flag_bit(...) <> 0``.
 """
 from __future__ import annotations
@@ -19,28 +27,49 @@ import math
 
 import duckdb
 
+from . import state
 from .inventory import open_catalogue
 from .schema import SCHEMA, flag_table
 
 LATEST_SQL = """
 CREATE OR REPLACE VIEW latest AS
-WITH versions AS (
-    SELECT model_name, model_version, min(processed_at) AS first_seen
-    FROM catalogue GROUP BY ALL
+WITH etags AS (
+    SELECT source_uri, etag, min(processed_at) AS etag_seen FROM catalogue GROUP BY ALL
+), versions AS (
+    SELECT model_name, model_version, min(processed_at) AS first_seen FROM catalogue GROUP BY ALL
+), promoted AS (
+    SELECT model_name, model_version, max(promoted_at) AS promoted_at FROM models GROUP BY ALL
+), ranked AS (
+    SELECT c.*,
+           CASE WHEN (SELECT count(*) FROM archive) = 0 THEN 'unknown'
+                WHEN a.source_uri IS NULL THEN 'gone'
+                WHEN a.etag = c.etag THEN 'current'
+                ELSE 'changed' END AS archive_state,
+           coalesce(a.etag = c.etag, false) AS _listed,
+           e.etag_seen AS _etag_seen,
+           coalesce(p.promoted_at, v.first_seen) AS _promoted
+    FROM catalogue c
+    JOIN etags e USING (source_uri, etag)
+    JOIN versions v USING (model_name, model_version)
+    LEFT JOIN promoted p USING (model_name, model_version)
+    LEFT JOIN archive a ON a.source_uri = c.source_uri
 )
-SELECT c.* FROM catalogue c JOIN versions v USING (model_name, model_version)
-QUALIFY row_number() OVER (PARTITION BY c.source_uri ORDER BY v.first_seen DESC, c.processed_at DESC) = 1
+SELECT * EXCLUDE (_listed, _etag_seen, _promoted) FROM ranked
+QUALIFY row_number() OVER (PARTITION BY source_uri
+                           ORDER BY _listed DESC, _etag_seen DESC, (status = 'ok') DESC, _promoted DESC,
+                                    processed_at DESC) = 1
 """
 
 
 def connect(catalogue_uri: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with ``catalogue``, ``latest`` and ``flag_bit`` defined.
-
-    An absent or empty catalogue gives an empty ``catalogue`` table with the full schema.
-    """
+    """An in-memory DuckDB connection with ``catalogue``, ``archive``, ``models``, ``latest`` and
+    ``flag_bit`` defined. An absent or empty catalogue gives empty tables with the full schema."""
     con = duckdb.connect()
     ds = open_catalogue(catalogue_uri)
     con.register("catalogue", ds if ds is not None else SCHEMA.empty_table())
+    listing = state.load_listing(catalogue_uri)
+    con.register("archive", listing if listing is not None else state.ARCHIVE_SCHEMA.empty_table())
+    con.register("models", state.models_table(catalogue_uri))
     con.execute(LATEST_SQL)
     cases = " ".join(f"WHEN '{name}' THEN {bit}" for bit, name, _ in flag_table())
     con.execute(f"CREATE OR REPLACE MACRO flag_bit(name) AS CASE name {cases} ELSE NULL END")

@@ -1,19 +1,20 @@
 """The CPU stage: fetch, read and preprocess archive files into model inputs and row metadata.
 
-:func:`read_batch` is mapped over batches of listed objects by Ray Data. Every file is handled in
-its own try/except, so a corrupt, truncated or foreign file becomes an error row naming the reason
-and the rest of its batch goes on. Fetches retry with exponential backoff and jitter; a fetch that
-still fails is recorded as a *transient* error (retried on the next run).
+:func:`read_batch` is mapped over batches of listed objects by Ray Data. Every file is handled by
+:func:`read_one` inside one guard: each step (the listing's stat, the fetch with its size caps,
+the blaze fetch, the reader, the preprocessing) either succeeds or becomes an error row with a
+retry class (:mod:`survey_estimator.catalogue.status`) and a reason; the rest of the batch goes
+on. Each file has a deadline (:class:`~survey_estimator.catalogue.retry.Deadline`); fetches are
+retried by the one retry layer (:mod:`survey_estimator.catalogue.retry`).
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
-import random
-import time
-from dataclasses import dataclass, field
+import stat
+import zlib
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -21,64 +22,170 @@ import numpy as np
 from ..layout import N_ORDERS, N_PIXELS
 from ..ray_env import WorkerEnv  # also imported from here by predict.py
 from ..storage import S3_ENV_VARS, Location, StorageError, is_s3, redact, resolve, s3_filesystem
-from .inventory import TRANSIENT_PREFIX, blaze_key, night_selected
+from . import retry
+from .inventory import blaze_key, night_selected, unsafe_key_reason
 from .schema import STATUS_ERROR, STATUS_OK, CatalogueFlag, night_from_mjd, night_now, night_of
+from .status import TRANSIENT, FileRejected, classify, code_version
 
 log = logging.getLogger(__name__)
 
 X_SHAPE = (2, N_ORDERS, N_PIXELS)
 META_STR = ("object", "instrument", "drs_version")
 META_FLOAT = ("ra_deg", "dec_deg", "mjd_obs", "bjd", "exptime_s", "berv_kms", "rv_kms")
+STATUS_FILTERED = "filtered"
+"""Internal status of rows whose night fails the run's night filters (never written)."""
+GZIP_MAGIC = b"\x1f\x8b"
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """Options of the read stage: night filters, blaze index (base name -> URI), fetch retries."""
+    """Options of the read stage.
+
+    Attributes:
+        night, since: night filters (rows whose night fails them are not catalogued).
+        blaze: blaze index (base name -> URI) of the archive.
+        blaze_file: one blaze file for every old-DRS e2ds, whatever its header names (``estimate --blaze``).
+        resolution: resolving power for every file, whatever its header says (``estimate --resolution``).
+        retry: the storage retry policy; ``retries`` (when set) overrides its number of attempts.
+        deadline_s: per-file deadline (seconds) for all its steps; None: none.
+        max_file_bytes: larger objects are refused (permanent error) before they are fetched.
+        max_decompressed_bytes: gzip content that unpacks to more is refused (permanent error).
+        code: the code version written into every row (default :func:`~survey_estimator.catalogue.status.code_version`).
+        env: credentials to set in the worker (see :class:`~survey_estimator.ray_env.WorkerEnv`).
+    """
 
     night: str | None = None
     since: str | None = None
     blaze: dict | None = None
     blaze_file: str | None = None
-    """One blaze file for every old-DRS e2ds, whatever its header names (``estimate --blaze``)."""
     resolution: float | None = None
-    """Resolving power for every file, whatever its header says (``estimate --resolution``)."""
-    retries: int = 5
-    backoff_s: float = 0.5
+    retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
+    retries: int | None = None
+    deadline_s: float | None = 120.0
+    max_file_bytes: int = 512 * MiB
+    max_decompressed_bytes: int = 512 * MiB
+    code: str | None = None
     env: WorkerEnv = field(default_factory=WorkerEnv)
+
+    def policy(self) -> retry.RetryPolicy:
+        return self.retry if self.retries is None else replace(self.retry, attempts=self.retries)
 
 
 _FS_CACHE: dict = {}
 
 
-def _location(uri: str) -> Location:
+def _location(uri: str, request_timeout_s: float | None = None) -> Location:
     """A Location for ``uri`` reusing one S3 filesystem per worker process, made afresh when the
-    S3 variables (endpoint, credentials: see :meth:`WorkerEnv.apply`) change."""
+    S3 variables (endpoint, credentials: see :meth:`WorkerEnv.apply`) or the timeout change. The
+    filesystem makes one attempt per request: :func:`retry.call` is the only retry layer."""
     if not is_s3(uri):
         return resolve(uri)
-    key = tuple(os.environ.get(k) for k in S3_ENV_VARS)
+    key = (tuple(os.environ.get(k) for k in S3_ENV_VARS), request_timeout_s)
     fs = _FS_CACHE.get(key)
     if fs is None:
         _FS_CACHE.clear()
-        fs = _FS_CACHE[key] = s3_filesystem()
+        fs = _FS_CACHE[key] = s3_filesystem(retries=1, request_timeout_s=request_timeout_s, connect_timeout_s=5)
     return Location(fs, uri[len("s3://") :], uri)
 
 
-def fetch(uri: str, retries: int = 5, backoff_s: float = 0.5) -> bytes:
-    """Bytes of ``uri``, retrying storage errors with exponential backoff (0.5, 1, 2, ... s + jitter).
+def _read_local(path: str | bytes, shown: str, max_bytes: int) -> bytes:
+    """Bytes of a local regular file, at most ``max_bytes``; FIFOs, devices and folders are
+    refused without blocking (opened non-blocking, checked with fstat)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StorageError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRejected(f"{shown}: not a regular file")
+        if st.st_size > max_bytes:
+            raise FileRejected(f"{shown}: {st.st_size} bytes, over the {max_bytes}-byte limit per file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise StorageError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise FileRejected(f"{shown}: over the {max_bytes}-byte limit per file")
+    return data
+
+
+def _read_s3(uri: str, max_bytes: int, timeout_s: float | None) -> bytes:
+    reason = unsafe_key_reason(uri[len("s3://"):].split("/", 1)[1] if "/" in uri[len("s3://"):] else "")
+    if reason:
+        raise FileRejected(f"{uri}: {reason}")
+    loc = _location(uri, timeout_s)
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            data = f.read(max_bytes + 1)
+    except (OSError, FileNotFoundError) as exc:
+        raise StorageError(f"cannot read {uri}: {redact(str(exc))}") from None
+    if len(data) > max_bytes:
+        raise FileRejected(f"{uri}: over the {max_bytes}-byte limit per file")
+    return data
+
+
+def gunzip_capped(data: bytes, name: str, max_bytes: int) -> bytes:
+    """``data`` unpacked when it is gzip (all members), refusing content over ``max_bytes``
+    without ever holding more than that; other data unchanged.
 
     Raises:
-        StorageError: still failing after ``retries`` attempts (message redacted).
+        FileRejected: it unpacks to more than ``max_bytes``.
+        ValueError: corrupt gzip data.
     """
-    for attempt in range(retries):
-        try:
-            return _location(uri).read_bytes()
-        except StorageError as exc:
-            if attempt == retries - 1:
-                raise
-            delay = backoff_s * 2**attempt * (1 + 0.25 * random.random())
-            log.warning("fetch %s failed (%s); retry %d/%d in %.1f s", uri, exc, attempt + 1, retries - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    if data[:2] != GZIP_MAGIC:
+        return data
+    out, total, rest = [], 0, data
+    try:
+        while rest[:2] == GZIP_MAGIC:
+            d = zlib.decompressobj(wbits=31)
+            chunk = d.decompress(rest, max_bytes - total + 1)
+            while True:
+                total += len(chunk)
+                out.append(chunk)
+                if total > max_bytes:
+                    raise FileRejected(f"{name}: gzip content over the {max_bytes}-byte limit once unpacked")
+                if d.eof or not d.unconsumed_tail:
+                    break
+                chunk = d.decompress(d.unconsumed_tail, max_bytes - total + 1)
+            if not d.eof:
+                raise ValueError(f"{name}: corrupt or truncated gzip data")
+            rest = d.unused_data
+    except zlib.error as exc:
+        raise ValueError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    return b"".join(out)
+
+
+def fetch(uri: str, retries: int | None = None, backoff_s: float | None = None, *, opts: ReadOptions | None = None,
+          deadline: retry.Deadline | None = None, local_path: str | None = None) -> bytes:
+    """Bytes of ``uri`` (unpacked when gzip), within the size caps, through the retry layer.
+
+    Args:
+        retries, backoff_s: shorthand overrides of ``opts.retry`` (attempts, base backoff).
+        local_path: hex of the local path's bytes for names that are not valid UTF-8.
+
+    Raises:
+        StorageError: still failing after the retries (transient).
+        FileRejected: over a size cap, not a regular file, an unsafe key (permanent).
+    """
+    opts = opts or ReadOptions()
+    policy = opts.policy()
+    if retries is not None:
+        policy = replace(policy, attempts=retries)
+    if backoff_s is not None:
+        policy = replace(policy, base_s=backoff_s)
+    deadline = deadline or retry.Deadline(opts.deadline_s)
+    if is_s3(uri):
+        timeout = None if deadline.end is None else max(1.0, deadline.remaining())
+        read = lambda: _read_s3(uri, opts.max_file_bytes, timeout)  # noqa: E731
+    else:
+        path = bytes.fromhex(local_path) if local_path else os.path.abspath(uri)
+        read = lambda: _read_local(path, uri, opts.max_file_bytes)  # noqa: E731
+    data = retry.call(read, f"fetch {uri}", policy, deadline)
+    return gunzip_capped(data, uri.rsplit("/", 1)[-1], opts.max_decompressed_bytes)
 
 
 def _get(obs, name: str):
@@ -118,14 +225,16 @@ def _night(obs, meta: dict, hint: str | None) -> str | None:
     return night or hint
 
 
-def _blaze_source(name: str, data: bytes, opts: ReadOptions):
+def _blaze_source(name: str, data: bytes, opts: ReadOptions, fetch_blaze):
     """(name, bytes) of ``opts.blaze_file`` when given, else of the blaze file an old-DRS e2ds
-    header names when the blaze index ``opts.blaze`` holds it."""
+    header names when the blaze index ``opts.blaze`` holds it; ``fetch_blaze(uri)`` fetches it."""
     if opts.blaze_file:
-        return (opts.blaze_file.rsplit("/", 1)[-1], fetch(opts.blaze_file, opts.retries, opts.backoff_s))
+        return (opts.blaze_file.rsplit("/", 1)[-1], fetch_blaze(opts.blaze_file))
     blaze_index = opts.blaze
     if not blaze_index:
         return None
+    import io
+
     from astropy.io import fits
 
     try:
@@ -139,7 +248,7 @@ def _blaze_source(name: str, data: bytes, opts: ReadOptions):
     uri = blaze_index.get(blaze_key(str(value)))
     if uri is None:
         return None
-    return (uri.rsplit("/", 1)[-1], fetch(uri, opts.retries, opts.backoff_s))
+    return (uri.rsplit("/", 1)[-1], fetch_blaze(uri))
 
 
 def _snr(mi, obs) -> float:
@@ -153,68 +262,122 @@ def _snr(mi, obs) -> float:
     return float(np.median(arr)) if arr.size else math.nan
 
 
-def read_one(uri: str, opts: ReadOptions, hint: str | None = None) -> dict:
+def _base_row(hint: str | None, opts: ReadOptions) -> dict:
+    from .. import preprocess as pp
+
+    row: dict = {k: None for k in META_STR}
+    row.update({k: math.nan for k in META_FLOAT})
+    row.update(night=hint, snr=math.nan, flags=0, status=STATUS_ERROR, error=None, error_class=None,
+               preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")), code_version=opts.code or code_version(),
+               x=np.zeros(X_SHAPE, np.float32), ivar=np.zeros(X_SHAPE[1:], np.float32), resolution=math.nan)
+    return row
+
+
+def error_fields(exc: BaseException, name: str, step: str) -> dict:
+    """``status``/``error_class``/``error``/``flags`` of an error row for ``exc`` raised in ``step``.
+
+    The reason names the file (once), the step and the cause, redacted."""
+    text = redact(str(exc)) or type(exc).__name__
+    cls = classify(exc)
+    if cls != "permanent" or not isinstance(exc, ValueError):
+        text = f"{step}: {type(exc).__name__}: {text}"
+    if name not in text:
+        text = f"{name}: {text}"
+    return dict(status=STATUS_ERROR, error_class=cls, error=text, flags=int(CatalogueFlag.READ_ERROR))
+
+
+def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.RetryPolicy | None = None) -> dict:
     """Read and preprocess one archive file into a row dict (with ``x``), never raising.
 
+    Args:
+        source: the URI, or a listing entry (:class:`~survey_estimator.catalogue.inventory.ArchiveObject`
+            or its dict) carrying its size, ``problem`` and ``local_path``.
+        policy: the retry policy for this file (default ``opts.policy()``).
+
     Returns a dict with the metadata columns, ``night``, ``snr``, ``flags``, ``status``,
-    ``error``, ``preprocessing_version``, ``x`` (float32 (2, 8, 4096); zeros for error rows),
-    ``ivar`` (float32 (8, 4096) inverse variance of the normalised flux, 0 where masked: the
-    fit's noise) and ``resolution`` (the spectrum's resolving power; NaN unknown).
+    ``error_class``, ``error``, ``preprocessing_version``, ``code_version``, ``x`` (float32
+    (2, 8, 4096); zeros for error rows), ``ivar`` (float32 (8, 4096) inverse variance of the
+    normalised flux, 0 where masked: the fit's noise) and ``resolution`` (NaN unknown).
     """
     from .. import preprocess as pp
     from ..instruments import read_observation
 
-    row: dict = {k: None for k in META_STR}
-    row.update({k: math.nan for k in META_FLOAT})
-    row.update(night=hint, snr=math.nan, flags=0, status=STATUS_ERROR, error=None,
-               preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")), x=np.zeros(X_SHAPE, np.float32),
-               ivar=np.zeros(X_SHAPE[1:], np.float32), resolution=math.nan)
+    entry = source if isinstance(source, dict) else getattr(source, "__dict__", None) or {"uri": source}
+    uri = str(entry["uri"])
+    hint = entry.get("night_hint", hint) or hint
+    row = _base_row(hint, opts)
     name = uri.rsplit("/", 1)[-1]
+    policy = policy or opts.policy()
+    deadline = retry.Deadline(opts.deadline_s)
+    step = "stat"
     try:
-        data = fetch(uri, opts.retries, opts.backoff_s)
-    except StorageError as exc:
-        row.update(error=f"{TRANSIENT_PREFIX} {redact(str(exc))}", flags=int(CatalogueFlag.READ_ERROR))
-        return row
-    try:
-        blaze = _blaze_source(name, data, opts)
-        obs = read_observation((name, data), blaze=blaze, resolution=opts.resolution)
-        for k in META_STR:
-            row[k] = _str(_get(obs, k))
-        for k in META_FLOAT:
-            row[k] = _float(_get(obs, k))
-        mi = pp.preprocess(obs)
-        # what preprocessing applied wins over the header; the stellar RV is null when none was
-        # applied (e.g. an unreliable CCF measurement, flag RV_UNRELIABLE), whatever the header says
-        row["rv_kms"] = _float(getattr(mi, "rv_kms", None))
-        v = getattr(mi, "berv_kms", None)
-        if v is not None and np.isfinite(_float(v)):
-            row["berv_kms"] = _float(v)
-        x = np.asarray(mi.x, dtype=np.float32).reshape(X_SHAPE)
-        with np.errstate(divide="ignore"):
-            ivar = np.where(mi.mask, 1.0 / mi.variance, 0.0).astype(np.float32)
-        row.update(x=x, ivar=ivar, resolution=_float(mi.resolution), snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0), status=STATUS_OK,
-                   night=_night(obs, row, hint))
-    except ValueError as exc:  # the readers' typed error (and preprocessing refusals)
-        row.update(error=redact(str(exc)) or type(exc).__name__, flags=int(CatalogueFlag.READ_ERROR))
-    except Exception as exc:  # a bug or an unforeseen file: record it, keep the batch
-        log.exception("unexpected failure on %s", redact(uri))
-        row.update(error=redact(f"{name}: unexpected {type(exc).__name__}: {exc}"), flags=int(CatalogueFlag.READ_ERROR))
+        with deadline.alarm():
+            if entry.get("problem"):
+                raise FileRejected(f"{name}: {entry['problem']}")
+            size = entry.get("size")
+            if size is not None and int(size) > opts.max_file_bytes:
+                raise FileRejected(f"{name}: {int(size)} bytes, over the {opts.max_file_bytes}-byte limit per file")
+            step = "fetch"
+            data = fetch(uri, opts=opts, deadline=deadline, local_path=entry.get("local_path"))
+            step = "blaze fetch"
+            blaze = _blaze_source(name, data, opts, lambda u: fetch(u, opts=replace(opts, retries=policy.attempts), deadline=deadline))
+            step = "read"
+            obs = read_observation((name, data), blaze=blaze, resolution=opts.resolution)
+            for k in META_STR:
+                row[k] = _str(_get(obs, k))
+            for k in META_FLOAT:
+                row[k] = _float(_get(obs, k))
+            deadline.check("read")
+            step = "preprocess"
+            mi = pp.preprocess(obs)
+            # what preprocessing applied wins over the header; the stellar RV is null when none was
+            # applied (e.g. an unreliable CCF measurement, flag RV_UNRELIABLE), whatever the header says
+            row["rv_kms"] = _float(getattr(mi, "rv_kms", None))
+            v = getattr(mi, "berv_kms", None)
+            if v is not None and np.isfinite(_float(v)):
+                row["berv_kms"] = _float(v)
+            x = np.asarray(mi.x, dtype=np.float32).reshape(X_SHAPE)
+            with np.errstate(divide="ignore"):
+                ivar = np.where(mi.mask, 1.0 / mi.variance, 0.0).astype(np.float32)
+            deadline.check("preprocess")
+        row.update(x=x, ivar=ivar, resolution=_float(mi.resolution), snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0),
+                   status=STATUS_OK, night=_night(obs, row, hint))
+    except Exception as exc:  # every failure of this file becomes its error row (MemoryError included)
+        fields = error_fields(exc, name, step)
+        if fields["error_class"] == "unexpected":
+            log.exception("unexpected failure on %s (%s)", redact(uri), step)
+        else:
+            log.info("%s error on %s: %s", fields["error_class"], redact(uri), fields["error"])
+        row.update(fields, x=np.zeros(X_SHAPE, np.float32), ivar=np.zeros(X_SHAPE[1:], np.float32))
     return row
 
 
 def read_batch(batch: dict[str, np.ndarray], opts: ReadOptions) -> dict[str, np.ndarray]:
-    """Ray Data batch function: listed objects in (uri, etag, size, night_hint), rows out.
+    """Ray Data batch function: listed objects in (uri, etag, size, night_hint[, problem,
+    local_path]), rows out. Rows whose night (known after reading) fails the night filters come
+    out with status ``filtered`` (the driver drops them), so every input file has an output row.
 
-    Rows whose night (known after reading) fails the night filters are dropped.
+    Once one file's fetch has failed all its retries, the following files of this batch are
+    tried once each until one succeeds (an outage costs one attempt per file).
     """
     opts.env.apply()
     rows = []
-    for uri, etag, size, hint in zip(batch["uri"], batch["etag"], batch["size"], batch["night_hint"]):
-        row = read_one(str(uri), opts, None if hint is None else str(hint))
+    policy = opts.policy()
+    keys = [k for k in ("uri", "etag", "size", "night_hint", "problem", "local_path") if k in batch]
+    for values in zip(*(batch[k] for k in keys)):
+        entry = dict(zip(keys, values))
+        for k in ("night_hint", "problem", "local_path"):  # Ray hands all-null columns over as NaN floats
+            entry[k] = entry.get(k) if isinstance(entry.get(k), str) else None
+        hint = entry["night_hint"]
+        row = read_one(entry, opts, hint, policy)
+        if row["error_class"] == TRANSIENT and "fetch" in (row["error"] or ""):
+            policy = opts.policy().after_failure()
+        elif row["status"] == STATUS_OK:
+            policy = opts.policy()
         if not night_selected(row["night"], opts.night, opts.since):
-            continue
+            row["status"] = STATUS_FILTERED
         row["night"] = row["night"] or night_now()  # the partition value is never null
-        row.update(source_uri=str(uri), etag=str(etag), size_bytes=int(size))
+        row.update(source_uri=str(entry["uri"]), etag=str(entry["etag"]), size_bytes=int(entry["size"]))
         rows.append(row)
     return rows_to_batch(rows)
 
@@ -222,7 +385,7 @@ def read_batch(batch: dict[str, np.ndarray], opts: ReadOptions) -> dict[str, np.
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     """Column arrays from row dicts; ``x`` stacked to (n, 2, 8, 4096), ``ivar`` to (n, 8, 4096)."""
     keys = ["source_uri", "etag", "size_bytes", "night", *META_STR, *META_FLOAT, "snr", "resolution", "flags", "status", "error",
-            "preprocessing_version"]
+            "error_class", "preprocessing_version", "code_version"]
     out: dict[str, np.ndarray] = {}
     for k in keys:
         vals = [r[k] for r in rows]

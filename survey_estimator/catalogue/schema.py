@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ..labels import LABEL_AXES, LABEL_HI, LABEL_LO, LABEL_NAMES, LABEL_UNITS
 
-SCHEMA_VERSION = "catalogue/2"
+SCHEMA_VERSION = "catalogue/3"
 PARTITION_COLUMN = "night"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -96,6 +96,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("flags", pa.int64(), "", "Bitmask: bits 0-31 preprocessing flags, bits 32+ catalogue flags (see flag table)."),
     Column("status", pa.string(), "", "'ok' (estimates present) or 'error' (estimates null, see error)."),
     Column("error", pa.string(), "", "For error rows: the reason (file and cause); null for ok rows. Never holds credentials."),
+    Column("error_class", pa.string(), "", "For error rows the retry class: 'permanent' (the file is bad; not retried), 'transient' (storage, timeout, memory, lost task; retried by the next run) or 'unexpected' (a bug; retried once code_version or preprocessing_version changes); null for ok rows."),
+    Column("code_version", pa.string(), "", "Version of the code that wrote the row: package version + hash of its sources."),
     Column("model_name", pa.string(), "", "Name of the model bundle (registry name for models:/ URIs)."),
     Column("model_version", pa.string(), "", "Model version: the registry version number, or a content hash for a local bundle."),
     Column("preprocessing_version", pa.string(), "", "Version of the preprocessing (readers + layout + normalisation) that made the model input."),

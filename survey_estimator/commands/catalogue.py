@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPUs reserved per read task (default: one read task per CPU beside the actors)")
     parser.add_argument("--actor-timeout", type=int, default=600, help="seconds to wait for the actor pool (GPU nodes) to start")
     parser.add_argument("--no-dae", action="store_true", help="estimate without the denoiser")
+    parser.add_argument("--file-deadline", type=float, default=120.0,
+                        help="seconds one file may take (fetch, blaze, read, preprocess) before it is a transient error row")
+    parser.add_argument("--flush-rows", type=int, default=1000, help="save the rows every N rows ...")
+    parser.add_argument("--flush-seconds", type=float, default=300.0, help="... or every S seconds")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="remove another run's unexpired catalogue lock (only once sure that run is gone: docs/catalogue.md)")
     add_fit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
@@ -53,25 +59,42 @@ def config_from_args(args: argparse.Namespace):
         archive=args.archive, out=args.out, model=args.model, night=args.night, since=args.since,
         num_gpus=args.num_gpus, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
         read_batch_size=args.read_batch_size, read_cpus=args.read_cpus, actor_start_timeout_s=args.actor_timeout, use_dae=not args.no_dae,
-        fit=not args.no_fit, grid=args.grid,
+        fit=not args.no_fit, grid=args.grid, file_deadline_s=args.file_deadline, flush_rows=args.flush_rows,
+        flush_s=args.flush_seconds, break_lock=args.break_lock,
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..models.resolve import ModelNotFoundError
-    from ..catalogue.pipeline import CatalogueError, run_catalogue
-
-    try:
-        summary = run_catalogue(config_from_args(args))
-    except (StorageError, ModelNotFoundError, CatalogueError) as exc:
-        log.error("%s", redact(str(exc)))
-        print(f"error: {redact(str(exc))}")
-        return 2
-    d = summary.as_dict()
-    if args.json:
+def _print_summary(d: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(d, indent=1))
     else:
         print(f"run {d['run_id']}: model {d['model_name']} v{d['model_version']}; listed {d['listed']}, "
               f"selected {d['selected']}, skipped {d['skipped']}, processed {d['processed']}; "
-              f"wrote {d['written']} rows ({d['ok']} ok, {d['errors']} error) in {len(d['files'])} files, {d['seconds']:.1f} s")
+              f"wrote {d['written']} rows ({d['ok']} ok, {d['permanent']} permanent, {d['transient']} transient, "
+              f"{d['unexpected']} unexpected error; {d['lost']} lost) in {len(d['files'])} files, {d['seconds']:.1f} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 done; 2 nothing done (bad arguments, storage or model unreachable, another
+    run holds the lock); 3 stopped early by an outage (saved; rerun later); 128 + signal number
+    after SIGTERM/SIGINT (saved)."""
+    from ..models.resolve import ModelNotFoundError
+    from ..catalogue.pipeline import CatalogueAborted, CatalogueError, CatalogueLocked, RunInterrupted, run_catalogue
+
+    try:
+        summary = run_catalogue(config_from_args(args))
+    except CatalogueAborted as exc:
+        log.error("%s", redact(str(exc)))
+        _print_summary(exc.summary.as_dict(), args.json)
+        print(f"error: {redact(str(exc))}")
+        return 3
+    except RunInterrupted as exc:
+        log.error("%s; the rows made so far are saved", exc)
+        print(f"error: {exc}; the rows made so far are saved")
+        return 128 + exc.signum
+    except (StorageError, ModelNotFoundError, CatalogueError, CatalogueLocked) as exc:
+        log.error("%s", redact(str(exc)))
+        print(f"error: {redact(str(exc))}")
+        return 2
+    _print_summary(summary.as_dict(), args.json)
     return 0
