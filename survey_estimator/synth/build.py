@@ -29,6 +29,7 @@ import numpy as np
 
 from ..labels import GRID_AXES, LOGG, MH, TEFF, Axis
 from ..layout import LAYOUT_VERSION
+from ..ray_env import ensure_ray  # one Ray start-up policy for every job
 from .backend import Backend, BackendConfig, MissingAtmosphere, make_backend
 from .store import GridStore, node_key
 
@@ -266,28 +267,6 @@ def _progress(config: BuildConfig, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="node", desc="build-grid", disable=not config.progress, smoothing=0.1, mininterval=5.0)
-
-
-def ensure_ray(num_cpus: int | None = None):
-    """Connect to the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) or, as
-    ``ray.init()`` does, to a cluster already running on this machine (``ray start``); else start
-    a local one with ``num_cpus`` CPUs. Returns the ``ray`` module.
-
-    On an existing cluster ``num_cpus`` only bounds the tasks in flight (see :func:`build_grid`)."""
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-            return ray
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
-        except ValueError as exc:  # Ray found a running cluster and refuses resource arguments
-            if "existing cluster" not in str(exc):
-                raise
-            log.info("joining the Ray cluster already running on this machine")
-            ray.init()
-    return ray
 
 
 def _run_ray(config: BuildConfig, work: list[list[Node]]):

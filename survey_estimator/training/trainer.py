@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ray_env import worker_env
+from ..ray_env import ensure_ray, worker_env
 from ..storage import is_s3, resolve
 from .checkpoint import TrainState, read_state
 from .config import TrainConfig
@@ -51,21 +51,6 @@ def default_storage() -> str:
     from ..tracking import repo_root
 
     return str(repo_root() / "runs")
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` / ``$RAY_ADDRESS`` (a cluster, or inside ``ray job submit``) or start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs = {"configure_logging": False}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], **kwargs)
-    else:
-        # a local Ray that writes no auth token (one would break an earlier `ray start` cluster)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, **kwargs)
 
 
 def resolve_use_gpu(cfg: TrainConfig) -> bool:
