@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=12345, help="random stream of the test spectra")
     p.add_argument("--fit-n", type=int, default=200, help="spectra per S/N also fitted by the likelihood fit and scored "
                    "against the Cramer-Rao bound (0: the network alone)")
+    p.add_argument("--between-nodes", type=int, default=0, metavar="N",
+                   help="also fit N spectra synthesised directly with PySME at labels between the grid nodes "
+                        "(~10 CPU-s each, cached; needs --grid of the default PySME physics)")
+    p.add_argument("--between-realisations", type=int, default=5, metavar="K",
+                   help="noise realisations per between-node spectrum and S/N")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="directory for figures, report.md, scores.json")
     p.add_argument("--log", action="store_true", help="log the evaluation as an MLflow run")
@@ -96,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
             split_seed=args.split_seed if args.split_seed is not None else _trained_split_seed(bundle), seed=args.seed,
             fit_n=args.fit_n,
         )
-        report = evaluate_bundle(bundle, args.grid, cfg)
+        from ..evaluation.evaluate import sampler_for
+
+        sampler = sampler_for(args.grid, cfg, args.device or bundle.device)
+        report = evaluate_bundle(bundle, args.grid, cfg, sampler=sampler)
         if cfg.fit_calibration:
             bundle.apply_calibration(report)
         if cfg.teff_range:
@@ -104,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"## {title}\n\n{report.markdown()}")
         files = report.write(out)
         metrics = report.flat_metrics()
+        if args.between_nodes > 0:
+            from ..evaluation.between_nodes import BetweenNodesConfig, evaluate_between_nodes
+
+            between = evaluate_between_nodes(bundle, sampler, cfg, report.calibration,
+                                             BetweenNodesConfig(n=args.between_nodes, snrs=tuple(args.snr),
+                                                                realisations=args.between_realisations))
+            print(f"\n{between.markdown()}")
+            (out / "between_nodes.md").write_text(between.markdown() + "\n")
+            files.append(out / "between_nodes.md")
+            metrics.update(between.flat_metrics())
         print(f"\n{len(files)} files in {out}")
     if args.dae_checkpoint or args.save_bundle or (args.grid and args.refit_calibration):
         # real stars and --save-bundle see the bundle exactly as evaluated (DAE, refitted calibration)

@@ -223,42 +223,50 @@ def predict_set(bundle, sampler: Sampler, split: str, n: int, snr_range: tuple[f
 
 
 def fit_set(bundle, sampler: Sampler, snr: float, cfg: EvalConfig, calibration: np.ndarray, generator: torch.Generator,
-            batch: int = 32) -> FitSet:
+            batch: int = 32, labels: torch.Tensor | None = None, model=None) -> FitSet:
     """``cfg.fit_n`` spectra at S/N ``snr`` with labels drawn uniformly inside the grid's cells (not
     at nodes: there the multilinear model has a kink and the bound is ill defined), RV residual
     uniform in the sampler's range, shapes, masks and noise as in training; the network's estimate
     (calibrated sigmas decide the extra starts), the likelihood fit from it, and each spectrum's
-    Cramer-Rao bound (its own variance and mask)."""
+    Cramer-Rao bound (its own variance and mask).
+
+    ``labels`` (N, 4) and ``model`` replace the drawn labels and the forward model that renders
+    the noiseless spectra (:mod:`.between_nodes`: spectra synthesised at those labels); the fit and
+    the bound always use the sampler's forward model."""
     import time
 
     from ..fit import Fitter, cramer_rao, fit_spectra
 
     fitter = Fitter(sampler.forward)
     lo, hi = cfg.teff_range or (-np.inf, np.inf)
+    total = cfg.fit_n if labels is None else len(labels)
     out: dict[str, list] = {k: [] for k in ("true", "network", "mean", "sigma", "bound", "chi2", "flags")}
     seconds, got = 0.0, 0
-    while got < cfg.fit_n:
-        labels = sampler.interpolator.draw_labels(4 * batch, generator, sampler.config.vsini_range)
-        labels = labels[(labels[:, 0] >= lo) & (labels[:, 0] <= hi)][: min(batch, cfg.fit_n - got)]
-        if len(labels) == 0:
-            continue
+    while got < total:
+        if labels is None:
+            these = sampler.interpolator.draw_labels(4 * batch, generator, sampler.config.vsini_range)
+            these = these[(these[:, 0] >= lo) & (these[:, 0] <= hi)][: min(batch, total - got)]
+            if len(these) == 0:
+                continue
+        else:
+            these = torch.as_tensor(labels[got : got + batch], device=sampler.device)
         r0, r1 = sampler.config.rv_range
-        rv = r0 + (r1 - r0) * torch.rand(len(labels), generator=generator, device=sampler.device)
-        b = sampler.render(labels, snr=snr, rv=rv, generator=generator)
+        rv = r0 + (r1 - r0) * torch.rand(len(these), generator=generator, device=sampler.device)
+        b = sampler.render(these, snr=snr, rv=rv, generator=generator, model=None if model is None else model.subset(got, len(these)))
         pred = bundle.predict(b.x, use_dae=cfg.use_dae, batch_size=cfg.batch_size)
         t0 = time.perf_counter()
         res = fit_spectra(fitter, (b.x[:, 0] + 1).cpu().numpy(), b.variance.cpu().numpy(), b.mask.cpu().numpy(),
                           pred.mean, pred.sigma_raw * calibration)
         seconds += time.perf_counter() - t0
-        out["bound"].append(cramer_rao(sampler.forward, labels.double().cpu().numpy(), rv=rv.double().cpu().numpy(),
+        out["bound"].append(cramer_rao(sampler.forward, these.double().cpu().numpy(), rv=rv.double().cpu().numpy(),
                                        mask=b.mask.cpu().numpy(), variance=b.variance.cpu().numpy())[:, :4])
-        out["true"].append(labels.double().cpu().numpy())
+        out["true"].append(these.double().cpu().numpy())
         out["network"].append(np.asarray(pred.mean))
         out["mean"].append(res.labels)
         out["sigma"].append(res.sigma)
         out["chi2"].append(res.chi2_red)
         out["flags"].append(res.flags)
-        got += len(labels)
+        got += len(these)
     cat = {k: np.concatenate(v) for k, v in out.items()}
     return FitSet(cat["true"], cat["network"], cat["mean"], cat["sigma"], cat["bound"], cat["chi2"], cat["flags"], seconds / got)
 

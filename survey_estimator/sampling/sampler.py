@@ -211,13 +211,16 @@ class Sampler:
         return self._render(model, labels, snr, rv, c.blaze, not c.noiseless, True, g)
 
     def render(self, labels: torch.Tensor, snr: torch.Tensor | float | None = None, rv: torch.Tensor | float = 0.0,
-               blaze: bool = True, noise: bool = True, mask: bool = True, generator: torch.Generator | None = None) -> Batch:
+               blaze: bool = True, noise: bool = True, mask: bool = True, generator: torch.Generator | None = None,
+               model=None) -> Batch:
         """A batch at explicit labels (B, 4), on the full grid (held-out nodes included).
 
         Args:
             snr: (B,) or scalar median continuum S/N; None (or ``noise=False``) renders noiseless.
             rv: (B,) or scalar km/s.
             blaze: apply slant and blaze-like shapes; mask: apply random bad pixels.
+            model: what renders the noiseless spectra (anything with the forward model's
+                ``spectra(labels, rv) -> (B, O, P)``); default the sampler's forward model.
         """
         labels = torch.as_tensor(labels, dtype=torch.float32, device=self.device).reshape(-1, 4)
         B = labels.shape[0]
@@ -225,7 +228,7 @@ class Sampler:
         snr_t = (torch.full((B,), float("inf"), device=self.device) if not noise
                  else torch.as_tensor(snr, dtype=torch.float32, device=self.device).reshape(-1).expand(B).clone())
         rv_t = torch.as_tensor(rv, dtype=torch.float32, device=self.device).reshape(-1).expand(B).clone()
-        return self._render(self.forward, labels, snr_t, rv_t, blaze, noise, mask, generator or self.generator)
+        return self._render(model or self.forward, labels, snr_t, rv_t, blaze, noise, mask, generator or self.generator)
 
     def _render(self, model, labels, snr, rv, blaze: bool, noise: bool, mask: bool, g) -> Batch:
         c = self.config
