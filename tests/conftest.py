@@ -94,3 +94,22 @@ def tiny_grid(tmp_path_factory) -> str:
         progress=False,
     ))
     return out
+
+
+@pytest.fixture(scope="session")
+def _fault_proxy_server(s3_server):
+    from fault_proxy import FaultProxy
+
+    proxy = FaultProxy(s3_server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def fault_proxy(_fault_proxy_server, monkeypatch):
+    """The session's fault-injecting proxy in front of the S3 server (tests/fault_proxy.py), with
+    no rules; AWS_ENDPOINT_URL points at it for this test."""
+    _fault_proxy_server.clear()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _fault_proxy_server.url)
+    yield _fault_proxy_server
+    _fault_proxy_server.clear()

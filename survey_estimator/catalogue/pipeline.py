@@ -248,14 +248,15 @@ def run_catalogue(config: CatalogueConfig) -> RunSummary:
     ref, listing, summary = _fail_fast(config)
     lock = CatalogueLock(config.out, summary.run_id, config.lock_ttl_s).acquire(break_lock=config.break_lock)
     try:
-        with _stop_on_signals():
-            todo = _plan(config, ref, listing, summary, repair=True)
-            state.record_listing(config.out, listing.files)
-            state.record_model(config.out, ref.name, ref.version, summary.run_id)
-            if todo:
+        todo = _plan(config, ref, listing, summary, repair=True)
+        state.record_listing(config.out, listing.files)
+        state.record_model(config.out, ref.name, ref.version, summary.run_id)
+        if todo:
+            ensure_ray()  # before our signal handlers: ray.init installs its own SIGTERM handler
+            with _stop_on_signals():
                 _execute(config, ref, todo, listing.blaze, summary, lock)
-            else:
-                log.info("nothing new to catalogue")
+        else:
+            log.info("nothing new to catalogue")
     finally:
         lock.release()
         summary.seconds = time.time() - t0
