@@ -88,6 +88,23 @@ def test_fit_recovers_noiseless_labels_exactly(model):
     assert (res.flags == 0).all()
 
 
+def test_interpolation_error_is_added_in_quadrature(model):
+    """cov = cov_stat + the grid's interpolation error; the shipped grid carries its measured one,
+    a grid without a record none."""
+    from survey_estimator.fit.grid import interpolation_error
+
+    y, var, mask = _observe(model, INSIDE[:1], [0.3], snr=80.0)
+    plain = Fitter(model).fit(y, var, mask, INSIDE[:1])
+    assert model.grid_id and interpolation_error(model.grid_id) is None
+    np.testing.assert_array_equal(plain.cov, plain.cov_stat)
+    floor = np.array([20.0, 0.04, 0.03, 0.1])
+    res = Fitter(model, FitConfig(interpolation_error=tuple(floor))).fit(y, var, mask, INSIDE[:1])
+    np.testing.assert_allclose(res.cov - res.cov_stat, np.diag(floor**2)[None], rtol=1e-12)
+    np.testing.assert_allclose(res.sigma, np.sqrt(res.sigma_stat**2 + floor**2))
+    shipped = interpolation_error("49b7d6d59246")
+    assert shipped is not None and shipped.shape == (4,) and np.all(shipped > 0)
+
+
 def test_fit_errors_match_the_bound_on_noisy_spectra(model):
     rng = np.random.default_rng(3)
     n, snr = 24, 60.0
@@ -98,7 +115,7 @@ def test_fit_errors_match_the_bound_on_noisy_spectra(model):
     start = labels + rng.normal(size=(n, 4)) * [60, 0.1, 0.05, 1.0]
     res = fit_spectra(Fitter(model), y, var, mask, start)
     bound = cramer_rao(model, labels, snr * np.ones(n), rv)[:, :4]
-    pull = (res.labels - labels) / res.sigma
+    pull = (res.labels - labels) / res.sigma_stat
     ratio = np.sqrt(np.mean(((res.labels - labels) / bound) ** 2, axis=0))
     assert np.all(ratio < 1.6), ratio  # at the noise limit
     assert np.all(np.abs(np.std(pull, axis=0) - 1) < 0.45), np.std(pull, axis=0)  # honest sigmas

@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     import sys
     import tempfile
     from pathlib import Path
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                                                                 realisations=args.between_realisations))
             print(f"\n{between.markdown()}")
             (out / "between_nodes.md").write_text(between.markdown() + "\n")
-            files.append(out / "between_nodes.md")
+            (out / "between_nodes.json").write_text(json.dumps(between.record(sampler.grid_id), indent=1) + "\n")
+            files += [out / "between_nodes.md", out / "between_nodes.json"]
             metrics.update(between.flat_metrics())
         print(f"\n{len(files)} files in {out}")
     if args.dae_checkpoint or args.save_bundle or (args.grid and args.refit_calibration):
@@ -130,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
         ref = resolve_model(str(saved))
         print(f"bundle as evaluated (DAE, calibration) in {saved}")
     if args.real_stars:
-        import json
-
         from ..evaluation.real_stars import check_real_stars, markdown
 
         rows = check_real_stars(ref, args.real_stars, use_dae=args.use_dae)

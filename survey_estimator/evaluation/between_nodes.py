@@ -153,6 +153,7 @@ class BetweenNodesReport:
         noiseless = ", ".join(f"{n} {r:.3g} {u} rms (median |error| {m:.3g})" for n, r, m, u in zip(LABEL_NAMES, rms, med, units))
         bounds = {f"{k}, fit": bound_scores(f.true, f.mean, f.bound) for k, f in self.fits.items()}
         scores = {f"{k}, fit": score(f.true, f.mean, f.sigma) for k, f in self.fits.items()}
+        stat = {f"{k}, fit": score(f.true, f.mean, f.sigma_stat) for k, f in self.fits.items()}
         poor = {k: float(np.mean((f.flags & int(FitFlag.POOR_FIT)) > 0)) for k, f in self.fits.items()}
         return "\n\n".join([
             f"### The fit on {len(self.labels)} PySME spectra synthesised between the grid nodes "
@@ -160,9 +161,17 @@ class BetweenNodesReport:
             f"Noiseless (the grid's interpolation error): {noiseless}.",
             "RMS error / median bound (RMS of error/bound):", bound_table(bounds),
             "MAE:", mae_table(scores),
-            "Within 1 / 2 sigma (the fit's inverse-Fisher sigmas):", coverage_table(scores),
+            "Within 1 / 2 sigma, the catalogue's sigmas (statistical + the grid's interpolation error):", coverage_table(scores),
+            "Within 1 / 2 sigma, the statistical (inverse-Fisher) sigmas alone:", coverage_table(stat),
             "POOR_FIT fraction: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in poor.items()) + ".",
         ])
+
+    def record(self, grid_id: str) -> dict:
+        """The grid's interpolation-error record (the format of
+        ``survey_estimator/data/grids/<grid_id>.interpolation.json``)."""
+        rms = np.sqrt(np.mean(self.noiseless_error**2, axis=0))
+        return {"grid_id": grid_id, "rms": {n: float(v) for n, v in zip(LABEL_NAMES, rms)}, "n": int(len(self.labels)),
+                "what": "rms label error of noiseless fits of PySME spectra synthesised between the grid nodes"}
 
     def flat_metrics(self) -> dict[str, float]:
         from .metrics import bound_scores, score

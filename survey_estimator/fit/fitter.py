@@ -18,7 +18,10 @@ For each spectrum (:func:`fit_spectra`):
    fitted model (a variance from the noisy counts is correlated with the noise and biases the fit);
 4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised); where a
    model error was needed, multiplied by the correlation length of the whitened residuals
-   (:func:`correlation_length`), since model errors are correlated over a line width.
+   (:func:`correlation_length`), since model errors are correlated over a line width. That is
+   ``cov_stat``; ``cov`` adds the grid's measured interpolation error in quadrature (calibrated
+   on PySME spectra synthesised between the nodes, :func:`.grid.interpolation_error`): the
+   multilinear grid cannot do better than that, whatever the S/N.
 
 Flags (:class:`FitFlag`): FIT_FAILED (non-finite or singular), POOR_FIT (eps above
 ``poor_fit_model_error``: the star is not like the grid), AT_GRID_EDGE (Teff, log g or [M/H] ends
@@ -95,6 +98,9 @@ class FitConfig:
     model_variance_snr: float = 40.0
     vsini_floor: float = 1.0
     precision: str = "float32"
+    interpolation_error: tuple[float, float, float, float] | None = None
+    """1-sigma per label added in quadrature to the covariance; None: the grid's own record
+    (:func:`.grid.interpolation_error`), or none when it has no record."""
 
 
 @dataclass
@@ -103,7 +109,10 @@ class FitResult:
 
     Attributes:
         labels: (B, 4) Teff K, log g, [M/H] dex, v sin i km/s.
-        cov: (B, 4, 4) covariance of the labels (inverse Fisher, continuum and RV marginalised).
+        cov: (B, 4, 4) covariance of the labels: ``cov_stat`` plus the grid's interpolation error
+            (diagonal, in quadrature).
+        cov_stat: (B, 4, 4) the statistical covariance (inverse Fisher, continuum and RV
+            marginalised, times the correlation length where a model error was needed).
         rv: (B,) km/s RV residual; rv_sigma (B,).
         chi2_red: (B,) reduced chi^2 with the noise alone (1 for a spectrum the model describes).
         model_error: (B,) relative model error used in the likelihood (0 when none was needed).
@@ -115,6 +124,7 @@ class FitResult:
 
     labels: np.ndarray
     cov: np.ndarray
+    cov_stat: np.ndarray
     rv: np.ndarray
     rv_sigma: np.ndarray
     chi2_red: np.ndarray
@@ -130,6 +140,11 @@ class FitResult:
     def sigma(self) -> np.ndarray:
         """(B, 4) 1-sigma of the labels."""
         return np.sqrt(np.clip(np.diagonal(self.cov, axis1=1, axis2=2), 0, None))
+
+    @property
+    def sigma_stat(self) -> np.ndarray:
+        """(B, 4) statistical 1-sigma (without the interpolation error)."""
+        return np.sqrt(np.clip(np.diagonal(self.cov_stat, axis1=1, axis2=2), 0, None))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -156,6 +171,12 @@ class Fitter:
         self.scale = torch.as_tensor(THETA_SCALE, dtype=torch.float64, device=model.device)
         self.lo = torch.as_tensor([*model.lo, -self.config.rv_limit], dtype=torch.float64, device=model.device)
         self.hi = torch.as_tensor([*model.hi, self.config.rv_limit], dtype=torch.float64, device=model.device)
+        from .grid import interpolation_error
+
+        floor = self.config.interpolation_error
+        floor = interpolation_error(model.grid_id) if floor is None else np.asarray(floor, dtype=np.float64)
+        self.interpolation_error = np.zeros(4) if floor is None else floor
+        """(4,) 1-sigma per label added in quadrature to ``cov`` (see :class:`FitResult`)."""
 
     # -- one pass of Levenberg-Marquardt ---------------------------------------------------------
     def _evaluate(self, theta, y, w, resolution) -> _State:
@@ -297,9 +318,11 @@ class Fitter:
             corr[idx] = correlation_length((y[idx] - model[idx]) * torch.sqrt(w_final[idx]), mask[idx]).to(corr.dtype)
             cov5 = cov5 * corr[:, None, None]
         flags = self._flags(st.theta, cov5, eps)
+        cov_stat = cov5[:, :4, :4].cpu().numpy()
         return FitResult(
             labels=st.theta[:, :4].cpu().numpy(),
-            cov=cov5[:, :4, :4].cpu().numpy(),
+            cov=cov_stat + np.diag(self.interpolation_error**2)[None],
+            cov_stat=cov_stat,
             rv=st.theta[:, 4].cpu().numpy(),
             rv_sigma=torch.sqrt(cov5[:, 4, 4]).cpu().numpy(),
             chi2_red=chi2_red.cpu().numpy(),

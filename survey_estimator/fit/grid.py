@@ -23,6 +23,25 @@ def shipped_grid(grid_id: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
+def interpolation_error(grid_id: str):
+    """(4,) measured 1-sigma interpolation error of grid ``grid_id`` (Teff K, log g, [M/H] dex,
+    v sin i km/s), or None when it was never measured.
+
+    Read from ``survey_estimator/data/grids/<grid_id>.interpolation.json``, written from
+    ``evaluate --between-nodes`` (the rms label error of noiseless fits of PySME spectra
+    synthesised between the nodes; see docs/fit.md). It holds for any store of that physics with
+    the Table-1 node spacing."""
+    import numpy as np
+
+    from ..labels import LABEL_NAMES
+
+    path = resources.files("survey_estimator.data").joinpath("grids").joinpath(f"{grid_id}.interpolation.json")
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return np.array([float(record["rms"][n]) for n in LABEL_NAMES])
+
+
 def default_grid() -> str | None:
     """The packed grid shipped with the package (the one the shipped network was trained on)."""
     folder = resources.files("survey_estimator.data").joinpath("grids")
