@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from survey_estimator.synth.analytic import AnalyticBackend
-from survey_estimator.synth.backend import BackendConfig, fine_wave
+from survey_estimator.synth.backend import FAST_SETTINGS, REFERENCE_SETTINGS, BackendConfig, fine_wave
 from survey_estimator.synth.build import (BuildConfig, GridRanges, build_grid, pending_nodes, shards,
                                           synthesize_nodes)
 from survey_estimator.synth.store import GridStore, node_key
@@ -99,6 +99,29 @@ def test_manifest_records_provenance_and_refuses_other_physics(tmp_path):
     assert m["layout_version"] and len(m["grid_id"]) == 12
     with pytest.raises(StorageError, match="other settings"):
         build_grid(_config(out, use_ray=False, backend=BackendConfig(name="analytic", vmic_kms=2.0)))
+
+
+def test_synthesis_settings_are_recorded_but_not_hashed_into_the_grid_id(tmp_path):
+    """Accuracy settings change neither the grid id nor finished nodes; the manifest names the
+    current settings (earlier ones in its history) and every 'ok' node record those that made it."""
+    out = tmp_path / "grid"
+    ref = BackendConfig(name="analytic", synthesis=REFERENCE_SETTINGS)
+    first = build_grid(_config(out, teff=(5500, 5500), use_ray=False, backend=ref))
+    fast = BackendConfig(name="analytic", synthesis=FAST_SETTINGS)
+    again = build_grid(_config(out, teff=(5500, 6000), use_ray=False, backend=fast))
+    assert again.grid_id == first.grid_id and again.skipped == 2
+    store = GridStore(str(out))
+    m = store.manifest
+    assert m["grid_id"] == first.grid_id and m["synthesis_settings"] == FAST_SETTINGS.describe()
+    assert m["synthesis_settings_history"][0]["synthesis_settings"] == REFERENCE_SETTINGS.describe()
+    records = {k: store.read_record(k) for k in store.finished_keys()}
+    ok = {k: r for k, r in records.items() if r["status"] == "ok"}
+    assert ok and all(r["cpu_seconds"] >= 0 for r in ok.values())
+    for k, r in ok.items():
+        want = REFERENCE_SETTINGS if r["teff"] == 5500 else FAST_SETTINGS
+        assert r["synthesis_settings"] == want.describe(), k
+    build_grid(_config(out, teff=(5500, 6000), use_ray=False, backend=fast))  # same settings: no new history
+    assert len(GridStore(str(out)).manifest["synthesis_settings_history"]) == 1
 
 
 def test_build_to_s3_and_read_back(ray_cluster, s3_bucket, tmp_path):

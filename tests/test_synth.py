@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from survey_estimator.synth.analytic import AnalyticBackend, has_atmosphere
-from survey_estimator.synth.backend import BackendConfig, MissingAtmosphere, fine_wave, make_backend
+from survey_estimator.synth.backend import (FAST_SETTINGS, REFERENCE_SETTINGS, TRANSFER_PAD_KMS, BackendConfig,
+                                            MissingAtmosphere, SynthesisSettings, fine_wave, make_backend)
 from survey_estimator.synth import sources
 
 GES_TEXT = """'  26.000            '    1         3
@@ -226,3 +227,41 @@ def test_pysme_synthesises_one_node_from_user_sources(cache, tmp_path):
     assert phys["atmospheres"][0]["sha256"] == files[0].sha256
     with pytest.raises(MissingAtmosphere, match="Teff=6000"):
         backend.synthesize(6000, 4.5, 0.0)
+
+
+# -- synthesis (accuracy) settings ------------------------------------------------------------------------
+def test_reference_settings_are_smes_defaults_and_the_fixed_grid_holds_the_output_points():
+    from pysme.sme import SME_Structure
+
+    from survey_estimator.layout import C_KMS
+
+    sme = SME_Structure()
+    assert np.allclose(REFERENCE_SETTINGS.mu(), sme.mu) and REFERENCE_SETTINGS.nmu == len(sme.mu)
+    assert REFERENCE_SETTINGS.accrt == sme.accrt and REFERENCE_SETTINGS.accwi == sme.accwi
+    w = fine_wave()
+    assert REFERENCE_SETTINGS.transfer_wave(w) is None
+    t = FAST_SETTINGS.transfer_wave(w)
+    i = int(np.argmin(np.abs(t - w[0])))
+    assert np.allclose(t[i : i + w.size], w, rtol=1e-12, atol=0)  # output points are transfer points
+    assert (w[0] - t[0]) / w[0] * C_KMS >= TRANSFER_PAD_KMS - 0.5
+    assert (t[-1] - w[-1]) / w[-1] * C_KMS >= TRANSFER_PAD_KMS - 0.5
+    assert SynthesisSettings(**FAST_SETTINGS.describe()) == FAST_SETTINGS
+
+
+@pytest.mark.slow
+def test_fast_settings_reproduce_the_reference_on_a_tiny_list(cache, tmp_path):
+    """Real PySME: the cheaper settings on the tiny list agree with SME's defaults to <= 0.2 % rms."""
+    from dataclasses import replace
+
+    atm = tmp_path / "atm.txt"
+    atm.write_text(_real_deck())
+    ges = tmp_path / "ges.txt"
+    ges.write_text(GES_TEXT)
+    mol = tmp_path / "mol.txt"
+    mol.write_text(MOOG_TEXT)
+    files = sources.prepare_sources(str(atm), str(ges), [str(mol)], molecules=True)
+    base = BackendConfig(name="pysme", sources=files, synthesis=REFERENCE_SETTINGS)
+    ref = make_backend(base).synthesize(5750, 4.5, 0.0).astype(float)
+    fast = make_backend(replace(base, synthesis=FAST_SETTINGS)).synthesize(5750, 4.5, 0.0).astype(float)
+    assert np.sqrt(np.mean((fast - ref) ** 2)) < 0.002
+    assert np.min(fast) < 0.6  # the strong Fe I line is there

@@ -231,6 +231,8 @@ class PysmeBackend:
         settings = self.config.synthesis
         sme.accrt, sme.accwi = float(settings.accrt), float(settings.accwi)
         sme.mu = settings.mu()
+        sme.line_select_almax_threshold = settings.select_threshold
+        sme.line_select_almax_use_bins = bool(settings.select_bins)
         wint = settings.transfer_wave(self.wave)
         if wint is not None:
             sme.wint = [wint]
