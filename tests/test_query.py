@@ -101,3 +101,38 @@ def test_query_catalogue_on_s3(s3_bucket):
     write_catalogue(loc.path, ["s3://x/a.fits"], ["2016-01-07"], [5000.0], fs=loc.fs)
     write_catalogue(loc.path, ["s3://x/a.fits"], ["2016-01-07"], [5200.0], model=("m", "9"), fs=loc.fs)
     assert query(f"s3://{s3_bucket}/cat", "SELECT teff, model_version FROM latest")[1] == [(5200.0, "9")]
+
+
+def test_latest_rules_newest_etag_ok_first_promotion_order_and_gone_files(tmp_path):
+    """issue 11, point 5: per file its newest content only; an ok row before an error row; model
+    versions in promotion order (a rollback shows the rolled-back-to version); files gone from the
+    archive flagged."""
+    import datetime as dt
+
+    from survey_estimator.catalogue import state
+    from survey_estimator.catalogue.inventory import ArchiveObject
+
+    root = str(tmp_path / "cat")
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    night = ["2016-01-07"]
+    state.record_model(root, "m", "1", "r1", when=t0)
+    write_catalogue(root, ["a", "b", "c"], night * 3, [5000.0, 5000.0, 5000.0], model=("m", "1"))
+    state.record_model(root, "m", "2", "r2", when=t0 + dt.timedelta(days=1))
+    write_catalogue(root, ["a"], night, [5200.0], model=("m", "2"))
+    write_catalogue(root, ["b"], night, [0.0], model=("m", "2"), status="error", error_class="unexpected")
+    write_catalogue(root, ["c"], night, [5300.0], model=("m", "2"), etag="e2")  # c changed: new content
+    state.record_model(root, "m", "1", "r3", when=t0 + dt.timedelta(days=2))  # rollback to version 1
+    write_catalogue(root, ["d", "e"], night * 2, [6000.0, 6100.0], model=("m", "1"))
+    assert state.record_model(root, "m", "1", "r4") is False, "the same version again is no promotion"
+    state.record_listing(root, [ArchiveObject("a", "e1", 1), ArchiveObject("b", "e1", 1), ArchiveObject("c", "e2", 1),
+                                ArchiveObject("e", "e9", 1)])
+    cols, rows = query(root, "SELECT source_uri, model_version, etag, status, teff, archive_state FROM latest ORDER BY 1")
+    got = {r[0]: r[1:] for r in rows}
+    assert got["a"] == ("1", "e1", "ok", 5000.0, "current"), "after the rollback version 1 is the one shown"
+    assert got["b"] == ("1", "e1", "ok", 5000.0, "current"), "a newer version's error row must not hide an ok row"
+    assert got["c"] == ("2", "e2", "ok", 5300.0, "current"), "only the newest ETag of a file is shown"
+    assert got["d"][-1] == "gone" and got["e"][-1] == "changed"
+    (n,), = query(root, "SELECT count(*) FROM models")[1]
+    assert n == 3
+    # without a recorded listing nothing is known about the archive
+    assert query(str(tmp_path / "empty"), "SELECT count(*) FROM latest")[1] == [(0,)]
