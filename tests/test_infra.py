@@ -214,3 +214,13 @@ def test_cluster_launcher_binds_the_dashboard_to_the_private_address():
     cfg = yaml.safe_load((INFRA / "ray-cluster.yaml").read_text())
     head = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
     assert head and all("--dashboard-host=" in c and "hostname -I" in c for c in head)
+
+
+def test_one_submission_per_night():
+    """issue 11, point 3: the CronJob submits with a fixed id per night, the RayJob has one too."""
+    cron = _one("catalogue-cronjob.yaml", "CronJob")
+    c = _containers(cron["spec"]["jobTemplate"]["spec"]["template"])[0]
+    script = " ".join(c.get("command", []) + c.get("args", []))
+    assert 'night_id="catalogue-$(date -u +%Y-%m-%d)"' in script and '--submission-id "$night_id"' in script
+    job = _one("catalogue-rayjob.yaml", "RayJob")
+    assert job["spec"]["jobId"] == "catalogue-$NIGHT" and job["metadata"]["name"].endswith("$NIGHT")
