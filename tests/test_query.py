@@ -136,3 +136,18 @@ def test_latest_rules_newest_etag_ok_first_promotion_order_and_gone_files(tmp_pa
     assert n == 3
     # without a recorded listing nothing is known about the archive
     assert query(str(tmp_path / "empty"), "SELECT count(*) FROM latest")[1] == [(0,)]
+
+
+def test_documented_latest_sql_examples_run(two_versions):
+    from survey_estimator.catalogue import state
+    from survey_estimator.catalogue.inventory import ArchiveObject
+
+    state.record_listing(two_versions, [ArchiveObject("s3://x/a.fits", "e1", 1)])
+    text = DOC.read_text()
+    block = re.search(r"### The `latest` view.*?```sql\n(.*?)```", text, re.S).group(1)
+    statements = [s.strip() for s in re.sub(r"--[^\n]*", "", block).split(";") if s.strip()]
+    assert len(statements) >= 5
+    con = connect(two_versions)
+    for sql in statements:
+        con.execute(sql).fetchall()
+    assert con.execute(statements[1]).fetchall() and all(r[0] != "s3://x/a.fits" for r in con.execute(statements[1]).fetchall())
