@@ -52,6 +52,7 @@ def canary_env(s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # mlflow.set_registry_uri sets it: undone at teardown
     return [os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], SESSION_TOKEN,
             MLFLOW_USER, MLFLOW_PASSWORD]
 
