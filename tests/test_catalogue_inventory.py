@@ -139,3 +139,18 @@ def test_read_stage_uses_archive_blaze_and_isolates_bad_files(tmp_path, data_dir
     assert out["night"][by_name["garbage.fits"]] is not None
     without = read_batch({k: v[[i]] for k, v in batch.items()}, ReadOptions())
     assert without["flags"][0] & Flag.BLAZE_MISSING
+
+
+def test_retry_classes_of_per_file_failures(tmp_path, data_dir):
+    from survey_estimator.catalogue.status import DeadlineExceeded, FileRejected, classify
+    from survey_estimator.observation import ReadError
+
+    assert classify(MemoryError()) == "transient" and classify(DeadlineExceeded("x")) == "transient"
+    assert classify(StorageError("x")) == "transient" and classify(TimeoutError()) == "transient"
+    assert classify(ReadError("f", "not a FITS file")) == "permanent" and classify(FileRejected("big")) == "permanent"
+    assert classify(KeyError("bug")) == "unexpected" and classify(TypeError("bug")) == "unexpected"
+    shutil.copy(data_dir / E2DS, tmp_path / E2DS)
+    # a wrong option type reaches code that cannot handle it: a bug, recorded as unexpected with its step
+    row = read_one(str(tmp_path / E2DS), ReadOptions(resolution=[1.0, 2.0], code="c1"))
+    assert row["status"] == "error" and row["error_class"] == "unexpected", row["error"]
+    assert E2DS in row["error"] and row["code_version"] == "c1"
