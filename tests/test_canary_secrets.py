@@ -52,7 +52,8 @@ def canary_env(s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # mlflow.set_registry_uri sets it: undone at teardown
+    # mlflow.set_registry_uri sets MLFLOW_REGISTRY_URI: set here so that teardown undoes it
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", os.environ["MLFLOW_TRACKING_URI"])
     return [os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], SESSION_TOKEN,
             MLFLOW_USER, MLFLOW_PASSWORD]
 

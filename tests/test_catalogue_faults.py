@@ -25,7 +25,7 @@ import pytest
 from catalogue_testing import save_tiny_bundle
 from survey_estimator.catalogue.inventory import catalogue_files
 from survey_estimator.catalogue.lock import LOCK_NAME, CatalogueLock
-from survey_estimator.catalogue.pipeline import CatalogueAborted, CatalogueConfig, run_catalogue
+from survey_estimator.catalogue.pipeline import CatalogueConfig, run_catalogue
 from survey_estimator.catalogue.query import query
 from survey_estimator.catalogue.retry import RetryPolicy
 from survey_estimator.cli import run_command
