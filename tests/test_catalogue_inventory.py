@@ -154,3 +154,22 @@ def test_retry_classes_of_per_file_failures(tmp_path, data_dir):
     row = read_one(str(tmp_path / E2DS), ReadOptions(resolution=[1.0, 2.0], code="c1"))
     assert row["status"] == "error" and row["error_class"] == "unexpected", row["error"]
     assert E2DS in row["error"] and row["code_version"] == "c1"
+
+
+def test_predict_step_is_inside_the_per_file_guard(tmp_path):
+    """A model batch that fails is estimated row by row; rows that still fail become error rows
+    with their class (the model refuses an input of the wrong shape: a ValueError, so permanent)."""
+    from catalogue_testing import fake_rows, save_tiny_bundle
+    from survey_estimator.catalogue.predict import FitOptions, Predictor
+    from survey_estimator.models.resolve import resolve_model
+
+    ref = resolve_model(str(save_tiny_bundle(tmp_path / "b")))
+    predictor = Predictor(ref, use_dae=False, fit=FitOptions(enabled=False))
+    batch = fake_rows(["s3://x/a.fits", "s3://x/b.fits"], ["2016-01-07"] * 2)
+    good = predictor(dict(batch))
+    assert good["status"].to_pylist() == ["ok", "ok"]
+    bad = dict(batch, x=np.zeros((2, 8, 4096), np.float32))  # no flux/mask axis: the network cannot take it
+    table = predictor(bad)
+    assert table.num_rows == 2 and table["status"].to_pylist() == ["error", "error"]
+    assert table["error_class"].to_pylist() == ["permanent"] * 2
+    assert all("model input must be" in e and n in e for e, n in zip(table["error"].to_pylist(), ["a.fits", "b.fits"]))
