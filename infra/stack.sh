@@ -23,10 +23,15 @@
 # (10001), STACK_RAY_CPUS (cores + 2),
 # STACK_RAY_OBJECT_STORE_MB (1024), STACK_BUCKETS ("survey harpn-archive").
 #
-# Security, as docs/catalogue.md (Credentials) and infra/ do it: every service listens on 127.0.0.1
-# only; Ray runs with token authentication (RAY_AUTH_MODE=token, the token in a 0600 file named by
-# RAY_AUTH_TOKEN_PATH, never printed); the S3 credentials reach Ray's workers from the head node's
-# own environment, never through a runtime_env; `down` stops only the processes this stack started.
+# Variables: RAY_ADDRESS is the cluster (GCS) for drivers run from this shell, RAY_API_SERVER_ADDRESS
+# the job API for `ray job submit`; AWS_ENDPOINT_URL and the moto credentials; MLFLOW_TRACKING_URI.
+#
+# Security, as docs/catalogue.md (Credentials) and infra/ do it: S3, MLflow, the Ray dashboard and
+# job API listen on 127.0.0.1 only; Ray runs with token authentication (RAY_AUTH_MODE=token, the
+# token in a 0600 file named by RAY_AUTH_TOKEN_PATH, never printed), which also guards Ray's internal
+# gRPC ports: Ray binds those to every interface and advertises the machine's address whatever
+# --node-ip-address says. The S3 credentials reach Ray's workers from the head node's own
+# environment, never through a runtime_env; `down` stops only the processes this stack started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STACK_DIR=${STACK_DIR:-$HOME/.cache/survey-estimator/stack}
@@ -68,7 +73,8 @@ EOF
 
 print_env() {
   cat <<EOF
-export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_ADDRESS=127.0.0.1:$RAY_PORT
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$STACK_DIR/auth_token
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
@@ -140,8 +146,9 @@ up() {
   start s3 "$BIN/python" "$ROOT/infra/s3_server.py" --data "$STACK_DIR/s3" --host 127.0.0.1 --port "$S3_PORT" "${buckets[@]}"
   start mlflow env SURVEY_MLFLOW_STORE="$STACK_DIR/mlflow" MLFLOW="$BIN/mlflow" \
     bash "$ROOT/infra/mlflow-server.sh" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
-  # the head's own environment carries the S3 credentials to its workers and jobs (no runtime_env)
-  start ray env -u RAY_ADDRESS "$BIN/ray" start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
+  # the head's own environment carries the S3 credentials to its workers and jobs (no runtime_env),
+  # and RAY_ADDRESS, so that Ray's own ray.init() calls (Ray Train's) find this cluster among others
+  start ray "$BIN/ray" start --head --block --port="$RAY_PORT" \
     --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --dashboard-agent-listen-port="$AGENT_PORT" \
     --ray-client-server-port="$CLIENT_PORT" \
     --temp-dir="$STACK_DIR/ray" --num-cpus="$RAY_CPUS" --object-store-memory=$((RAY_OBJECT_STORE_MB * 1048576)) \

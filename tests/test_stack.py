@@ -62,9 +62,10 @@ def test_nightly_catalogue_twice_through_the_local_stack(tmp_path):
     try:
         up = _run(["bash", str(STACK), "up"], base, timeout=400)
         env = dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M))
-        assert {"RAY_ADDRESS", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+        assert {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                 "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"} <= set(env)
-        assert all("127.0.0.1" in env[k] for k in ("RAY_ADDRESS", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"))
+        assert all("127.0.0.1" in env[k] for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "AWS_ENDPOINT_URL",
+                                                   "MLFLOW_TRACKING_URI"))
         token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         assert token not in up.stdout + up.stderr and oct(Path(env["RAY_AUTH_TOKEN_PATH"]).stat().st_mode)[-3:] == "600"
         env = {**base, **env}
