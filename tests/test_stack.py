@@ -100,3 +100,14 @@ def test_nightly_catalogue_twice_through_the_local_stack(tmp_path):
         shutil.rmtree(stack_dir, ignore_errors=True)
     assert down.returncode == 0 and status.returncode != 0
     assert str(stack_dir) not in procs, "a stack process outlived `down`"
+
+
+def test_stack_script_usage_and_status_without_a_stack(tmp_path):
+    env = {**os.environ, "STACK_DIR": str(tmp_path / "none")}
+    assert _run(["bash", "-n", str(STACK)], env).returncode == 0
+    usage = _run(["bash", str(STACK)], env, check=False)
+    assert usage.returncode == 2 and "up|down|status|env" in usage.stderr
+    status = _run(["bash", str(STACK), "status"], env, check=False)
+    assert status.returncode == 1 and "not set up" in status.stdout
+    assert _run(["bash", str(STACK), "down"], env, check=False).returncode == 0  # nothing to stop
+    assert not (tmp_path / "none").exists()
