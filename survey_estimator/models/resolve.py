@@ -114,13 +114,16 @@ def resolve_model(spec: str | None) -> ModelRef:
         return ref
     if is_s3(spec):
         with tempfile.TemporaryDirectory(prefix="se-model-") as tmp:
-            folder = fetch_model(spec, tmp)
-            return ModelRef(spec, load_bundle(str(folder), device="cpu").manifest.name or Path(spec).name,
-                            folder_hash(folder))
+            return _folder_ref(spec, fetch_model(spec, tmp))
     path = Path(spec).expanduser().resolve()
     if not path.is_dir():
         raise ModelNotFoundError(f"model bundle folder {path} does not exist")
-    return ModelRef(str(path), load_bundle(str(path), device="cpu").manifest.name or path.name, folder_hash(path))
+    return _folder_ref(str(path), path)
+
+
+def _folder_ref(spec: str, folder: Path) -> ModelRef:
+    """The ref of the bundle ``spec`` names, held in the local ``folder`` (loaded once: fail fast)."""
+    return ModelRef(spec, load_bundle(str(folder), device="cpu").manifest.name or Path(spec).name, folder_hash(folder))
 
 
 def resolve_default() -> ModelRef:
