@@ -265,3 +265,16 @@ def test_fast_settings_reproduce_the_reference_on_a_tiny_list(cache, tmp_path):
     fast = make_backend(replace(base, synthesis=FAST_SETTINGS)).synthesize(5750, 4.5, 0.0).astype(float)
     assert np.sqrt(np.mean((fast - ref) ** 2)) < 0.002
     assert np.min(fast) < 0.6  # the strong Fe I line is there
+
+
+def test_configs_pickled_before_the_settings_existed_read_as_the_reference():
+    """A build driver started on older code pickles configs without ``synthesis``; a worker on newer
+    code must then run what that driver records (SME's defaults), not the current default."""
+    import pickle
+
+    cfg = BackendConfig(name="analytic", synthesis=FAST_SETTINGS)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    old_state = {k: v for k, v in cfg.__dict__.items() if k != "synthesis"}
+    old = object.__new__(BackendConfig)
+    old.__setstate__(old_state)
+    assert old.synthesis == REFERENCE_SETTINGS and old.name == "analytic"
