@@ -15,7 +15,9 @@ Choices (FACTS section 3 pitfalls), all recorded in the manifest via :meth:`Pysm
   factor (3102 weak, mostly rare-earth lines in this range);
 - radiative damping: GES gives gamma_rad linear (s^-1); SME gets log10; no Stark constants (0);
 - wavelengths stay in air (``medium='air'``), like the output grid;
-- vmic from the config (default 1.0 km/s, see :data:`.backend.DEFAULT_VMIC_KMS`), vmac = 0.
+- vmic from the config (default 1.0 km/s, see :data:`.backend.DEFAULT_VMIC_KMS`), vmac = 0;
+- numerical accuracy from ``config.synthesis`` (:class:`.backend.SynthesisSettings`: accrt, accwi,
+  mu angles, fixed or adaptive transfer grid, line selection), recorded per node, not in the grid id.
 
 PySME runs fully offline here: the SME library ships in the wheel and the embedded atmosphere
 needs no atmosphere grid download (checked).
