@@ -57,7 +57,8 @@ def test_estimate_uses_the_shipped_model_by_default(production, monkeypatch, cap
     # the model card's real-star row of this file is what this code and bundle give
     card_rows = {r["file"]: r for r in json.loads(CARD_REAL_STARS.read_text())}
     ref = card_rows[e2ds.name]
-    # (the fit's float32 sums depend on the thread count at the 1e-4 level)
+    # (the fit's float32 sums depend on the thread count: 1e-4 in the labels; this M dwarf's sigmas,
+    # scaled by a solved 24 % model error and the residuals' correlation length, move by up to 2e-3)
     for n in LABEL_NAMES:
         assert row[n] == pytest.approx(ref[n], rel=1e-3, abs=1e-3), n
-        assert row[f"{n}_err"] == pytest.approx(ref[f"{n}_err"], rel=1e-3), n
+        assert row[f"{n}_err"] == pytest.approx(ref[f"{n}_err"], rel=5e-3), n
