@@ -175,6 +175,8 @@ class Fitter:
 
         floor = self.config.interpolation_error
         floor = interpolation_error(model.grid_id) if floor is None else np.asarray(floor, dtype=np.float64)
+        if floor is None:
+            log.info("grid %s has no measured interpolation error: the fit's sigmas are statistical only", model.grid_id)
         self.interpolation_error = np.zeros(4) if floor is None else floor
         """(4,) 1-sigma per label added in quadrature to ``cov`` (see :class:`FitResult`)."""
 
