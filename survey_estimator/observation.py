@@ -22,10 +22,11 @@ Medium = Literal["air", "vacuum"]
 Frame = Literal["observatory", "barycentric", "rest"]
 """observatory: as recorded (BERV not removed); barycentric: BERV removed, the star's RV not;
 rest: the star's own rest frame."""
-Source = Literal["header", "format", "instrument", "user", "assumed"]
+Source = Literal["header", "format", "instrument", "data", "user", "assumed"]
 """Where a value came from: a header card or column name ("header"), the documented convention of
-the file format or pipeline ("format"), the spectrograph's record ("instrument"), a command-line
-override ("user"), or nothing at all ("assumed": a default was taken and the result is flagged)."""
+the file format or pipeline ("format"), the spectrograph's record ("instrument"), the data
+themselves ("data": normalisation judged from the flux), a command-line override ("user"), or
+nothing at all ("assumed": a default was taken and the result is flagged)."""
 
 MIN_RESOLUTION = 20000.0
 """Spectra with a resolving power below this are refused (the Mg b / Fe line blends the model
@@ -81,9 +82,11 @@ class Observation:
         snr: per-order S/N from the header (index = row), or None.
         resolution: resolving power lambda/dlambda of the spectrograph mode; None only inside a
             reader (``read_observation`` fills in the assumed value before validation).
-        resolution_source, medium_source, frame_source: where ``resolution``, ``medium`` and
-            ``frame`` came from (:data:`Source`); "assumed" ones are flagged by preprocessing
-            (RESOLUTION_ASSUMED, MEDIUM_ASSUMED) or, for the frame, always lead to a measured RV.
+        instrument_source, resolution_source, medium_source, frame_source, rv_source,
+            normalised_source: where ``instrument``, ``resolution``, ``medium``, ``frame``,
+            ``rv_kms`` and ``normalised`` came from (:data:`Source`); "assumed" ones are flagged by
+            preprocessing (RESOLUTION_ASSUMED, MEDIUM_ASSUMED) or, for the frame, always lead to
+            a measured RV. :class:`Overrides` sets them to "user".
         normalised: True when the flux already looks continuum-normalised (upper envelope ~1 in
             5050-5350 A), False otherwise, None before ``read_observation`` decides it.
         coverage: usable fraction (0-1) of 5050-5350 A, set by :func:`validate`.
@@ -114,10 +117,13 @@ class Observation:
     rv_kms: float | None = None
     snr: np.ndarray | None = None
     resolution: float | None = 115000.0
+    instrument_source: Source = "header"
     resolution_source: Source = "instrument"
     medium_source: Source = "format"
     frame_source: Source = "format"
+    rv_source: Source = "header"
     normalised: bool | None = None
+    normalised_source: Source = "data"
     coverage: float | None = None
     blaze_corrected: bool = True
     orders: np.ndarray | None = None
@@ -132,7 +138,7 @@ class Observation:
     def assumed(self) -> list[str]:
         """Names of what was assumed rather than read: "instrument", "resolution", "medium",
         "frame" (in that order)."""
-        out = ["instrument"] if self.instrument == "unknown" else []
+        out = ["instrument"] if self.instrument == "unknown" and self.instrument_source != "user" else []
         return out + [k for k in ("resolution", "medium", "frame") if getattr(self, f"{k}_source") == "assumed"]
 
     def metadata(self) -> dict:
@@ -154,16 +160,77 @@ class Observation:
             "medium": self.medium,
             "frame": self.frame,
             "resolution": self.resolution,
+            "instrument_source": self.instrument_source,
             "resolution_source": self.resolution_source,
             "medium_source": self.medium_source,
             "frame_source": self.frame_source,
             "normalised": self.normalised,
+            "normalised_source": self.normalised_source,
             "coverage": self.coverage,
             "assumed": self.assumed,
             "blaze_corrected": self.blaze_corrected,
             "shape": list(self.flux.shape),
             "notes": list(self.notes),
         }
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the user says about a spectrum, over whatever the file says or was assumed (the
+    ``--instrument``, ``--resolution``, ``--medium``, ``--frame``, ``--rv`` and
+    ``--normalised``/``--not-normalised`` options of ``inspect`` and ``estimate``). None = not
+    given. Applied while reading (:func:`survey_estimator.instruments.read_observation`), before
+    validation and preprocessing; each value given gets the source "user" and a note.
+
+    Attributes:
+        instrument: instrument name; a known one (:mod:`survey_estimator.instruments.registry`)
+            also brings its record: card prefix, resolving power (unless a card or
+            ``resolution`` gives one), native layout, blaze card, observatory.
+        resolution: resolving power lambda / dlambda.
+        medium: "air" or "vacuum": the medium of the file's wavelengths (vacuum is converted).
+        frame: "observatory" (BERV applied from the header), "barycentric" (the star's RV still
+            in) or "rest" (no shift at all).
+        rv_kms: the star's barycentric radial velocity (km/s), applied instead of the header's
+            or a measured one (not with frame "rest").
+        normalised: whether the flux is already continuum-normalised (recorded and reported;
+            preprocessing normalises each order either way).
+    """
+
+    instrument: str | None = None
+    resolution: float | None = None
+    medium: Medium | None = None
+    frame: Frame | None = None
+    rv_kms: float | None = None
+    normalised: bool | None = None
+
+    def __post_init__(self):
+        if self.resolution is not None and not self.resolution > 0:
+            raise ValueError(f"resolution must be positive (got {self.resolution})")
+        if self.medium not in (None, "air", "vacuum"):
+            raise ValueError(f"medium must be air or vacuum (got {self.medium!r})")
+        if self.frame not in (None, "observatory", "barycentric", "rest"):
+            raise ValueError(f"frame must be rest, barycentric or observatory (got {self.frame!r})")
+        if self.rv_kms is not None and not (np.isfinite(self.rv_kms) and abs(self.rv_kms) < 3000):
+            raise ValueError(f"rv must be a finite velocity below 3000 km/s (got {self.rv_kms})")
+        if self.rv_kms is not None and self.frame == "rest":
+            raise ValueError("an RV cannot be applied to a spectrum said to be in the rest frame")
+
+    def apply(self, obs: Observation) -> Observation:
+        """Set the given values on ``obs`` (source "user", a note each); ``instrument`` only names
+        it here (its record is used by the reader). Returns ``obs``."""
+        if self.instrument is not None:
+            obs.instrument, obs.instrument_source = self.instrument, "user"
+        for key in ("resolution", "medium", "frame", "normalised"):
+            value = getattr(self, key)
+            if value is not None:
+                if getattr(obs, key) != value:
+                    obs.notes.append(f"{key} {getattr(obs, key)} ({getattr(obs, key + '_source')}) replaced by {value} given by the user")
+                setattr(obs, key, float(value) if key == "resolution" else value)
+                setattr(obs, key + "_source", "user")
+        if self.rv_kms is not None:
+            obs.rv_kms, obs.rv_source = float(self.rv_kms), "user"
+            obs.notes.append(f"RV {self.rv_kms:+.3f} km/s given by the user")
+        return obs
 
 
 def band_coverage(wave: np.ndarray, usable: np.ndarray, band: tuple[float, float] = BAND) -> float:

@@ -30,6 +30,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter1d, median_filter
 
 from . import normalise
 from .layout import C_KMS, LAYOUT_VERSION, N_ORDERS, canonical_wave, doppler_factor, resample_to_layout
+from .instruments.registry import lookup
 from .observation import MOST_OF_BAND, Observation, ReadError
 from .rv import RVMeasurement, measure_rv
 
@@ -127,7 +128,7 @@ class ModelInput:
         x: (2, 8, 4096) float32 network input from ``normalise.model_input``.
         flags: :class:`Flag` bits.
         rv_kms: stellar RV removed (km/s), None when none was applied.
-        rv_source: "header", "measured" or "none".
+        rv_source: "header", "user" (``--rv``), "measured" or "none".
         berv_kms: BERV applied (km/s), None when the data were already barycentric.
         snr: median S/N per pixel over the canonical orders with data (before normalisation).
         snr_orders: (8,) S/N per canonical order (NaN where empty).
@@ -321,7 +322,7 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         flags |= Flag.COSMICS_MASKED
         notes.append(f"{int(cosmics.sum())} cosmic-ray pixels masked")
 
-    native = obs.is_echelle and obs.instrument == "HARPS-N"
+    native = obs.is_echelle and lookup(obs.instrument).layout == "canonical"
     if obs.kind == "e2ds" and not obs.blaze_corrected:
         flags |= Flag.BLAZE_MISSING
     if obs.is_echelle and not native:
@@ -343,8 +344,9 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
     rv, rv_source, meas = None, "none", None
     if obs.frame != "rest" and cfg.rv_source != "none":
         if cfg.rv_source == "auto" and obs.rv_kms is not None and not (flags & Flag.BERV_MISSING):
-            rv, rv_source = obs.rv_kms, "header"
-            flags |= Flag.RV_FROM_HEADER
+            rv, rv_source = obs.rv_kms, obs.rv_source
+            if rv_source == "header":
+                flags |= Flag.RV_FROM_HEADER
         else:
             meas = measure_rv(wave * factor, flux, usable)
             flags |= Flag.RV_MEASURED

@@ -194,3 +194,33 @@ def test_evaluate_needs_a_grid_or_real_stars_and_a_real_dae_checkpoint(bundle, t
     assert "--real-stars" in capsys.readouterr().err
     assert run_command("evaluate", ["--model", str(bundle), "--real-stars", str(DATA), "--dae-checkpoint", str(tmp_path)]) == 2
     assert "is not a training checkpoint folder" in capsys.readouterr().err
+
+
+def test_inspect_and_estimate_find_the_same_blaze(bundle, tmp_path, capsys):
+    """The blaze named by DRS BLAZE FILE sits in the previous night's folder: inspect and estimate
+    both find it through the one lookup (estimate once reported it missing)."""
+    night, previous = tmp_path / "2003-12-13", tmp_path / "2003-12-12"
+    night.mkdir(), previous.mkdir()
+    shutil.copy(E2DS, night / E2DS.name)
+    shutil.copy(BLAZE, previous / BLAZE.name)
+    assert run_command("inspect", ["--json", str(night / E2DS.name)]) == 0
+    seen = json.loads(capsys.readouterr().out)
+    assert run_command("estimate", ["--json", "--no-fit", "--model", str(bundle), str(night / E2DS.name)]) == 0
+    (row,) = _json_lines(capsys.readouterr().out)
+    assert seen["blaze_corrected"] and not seen["flags"] & int(Flag.BLAZE_MISSING)
+    assert not row["flags"] & int(Flag.BLAZE_MISSING)
+    assert row["flags"] & 0xFFFFFFFF == seen["flags"] and row["snr"] == pytest.approx(seen["snr"], rel=1e-6)
+
+
+def test_overrides_reach_the_estimate(bundle, capsys):
+    hd122563 = DATA / "hd122563.5095-5255.fits"  # nothing in its header: instrument, R, medium, frame assumed
+    assert run_command("estimate", ["--json", "--no-fit", "--model", str(bundle), str(hd122563)]) == 0
+    (assumed,) = _json_lines(capsys.readouterr().out)
+    assert run_command("estimate", ["--json", "--no-fit", "--model", str(bundle), "--instrument", "HARPS", "--frame", "rest",
+                                    "--medium", "air", str(hd122563)]) == 0
+    (given,) = _json_lines(capsys.readouterr().out)
+    assert assumed["instrument"] == "unknown" and given["instrument"] == "HARPS"
+    for flag in (Flag.RESOLUTION_ASSUMED, Flag.MEDIUM_ASSUMED, Flag.RV_MEASURED):
+        assert assumed["flags"] & int(flag) and not given["flags"] & int(flag), flag.name
+    assert assumed["rv_kms"] is not None and given["rv_kms"] is None
+    assert run_command("estimate", ["--model", str(bundle), "--rv", "nan", str(hd122563)]) == 2

@@ -68,3 +68,61 @@ def test_gzip_s2d_text(data_dir, capsys):
     assert run_command("inspect", [str(data_dir / S2D)]) == 0
     out = capsys.readouterr().out
     assert "ESPRESSO" in out and "espdr/1.0.9a2" in out and "HD41248" in out and "(header)" in out and "DEGRADED_RESOLUTION" in out
+
+
+# -- overrides of what was read or assumed (issue 10, point 4) -------------------------------------
+PROCYON = "HARPS.GBOG_Procyon.5095-5255.fits"  # 1D, air by CTYPE1, no instrument, frame and R assumed
+HD122563 = "hd122563.5095-5255.fits"
+
+
+def _inspect_json(capsys, *argv) -> dict:
+    assert run_command("inspect", [*map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_assumption_is_shown_with_its_source(data_dir, capsys):
+    s = _inspect_json(capsys, data_dir / HD122563)
+    assert (s["instrument"], s["instrument_source"]) == ("unknown", "assumed")
+    assert (s["resolution_source"], s["medium_source"], s["frame_source"], s["normalised_source"]) == ("assumed", "assumed", "assumed", "data")
+    assert s["assumed"] == ["instrument", "resolution", "medium", "frame"]
+    run_command("inspect", [str(data_dir / HD122563)])
+    out = capsys.readouterr().out
+    assert "instrument    unknown (assumed" in out and "medium        air (assumed)" in out and "(judged from the flux)" in out
+
+
+def test_instrument_override_brings_its_record(data_dir, capsys):
+    s = _inspect_json(capsys, data_dir / HD122563, "--instrument", "HARPS")
+    assert (s["instrument"], s["instrument_source"], s["resolution"], s["resolution_source"]) == ("HARPS", "user", 115000.0, "instrument")
+    assert "RESOLUTION_ASSUMED" not in s["flag_names"] and "instrument" not in s["assumed"]
+
+
+def test_medium_override_converts_vacuum(data_dir, capsys):
+    air = _inspect_json(capsys, data_dir / PROCYON)
+    vac = _inspect_json(capsys, data_dir / PROCYON, "--medium", "vacuum")
+    assert (air["medium"], air["medium_source"], vac["medium"], vac["medium_source"]) == ("air", "header", "vacuum", "user")
+    assert "VACUUM_CONVERTED" in vac["flag_names"] and "VACUUM_CONVERTED" not in air["flag_names"]
+    # vacuum -> air moves the lines by ~ -84 km/s, which the measured RV then takes out
+    assert vac["rv_kms"] - air["rv_kms"] == pytest.approx(-83.5, abs=1.5)
+
+
+def test_frame_and_rv_overrides(data_dir, capsys):
+    rest = _inspect_json(capsys, data_dir / PROCYON, "--frame", "rest")
+    assert (rest["frame"], rest["frame_source"], rest["rv_kms"], rest["rv_source"]) == ("rest", "user", None, "none")
+    assert "RV_MEASURED" not in rest["flag_names"]
+    given = _inspect_json(capsys, data_dir / PROCYON, "--rv", "20")
+    assert (given["rv_kms"], given["rv_source"]) == (20.0, "user") and "RV_MEASURED" not in given["flag_names"]
+    measured = _inspect_json(capsys, data_dir / PROCYON)["rv_kms"]
+    shift = -(20.0 - measured) / 299792.458 * 5172.68  # the lines move by the RV error made
+    assert np.median(given["mgb_offsets_A"]) == pytest.approx(shift, abs=0.02) and shift < -0.3
+    e2ds = _inspect_json(capsys, data_dir / E2DS, "--frame", "barycentric")  # an observatory-frame e2ds: BERV not applied
+    assert e2ds["frame_source"] == "user" and e2ds["berv_applied_kms"] is None and "BERV_APPLIED" not in e2ds["flag_names"]
+    assert run_command("inspect", [str(data_dir / PROCYON), "--frame", "rest", "--rv", "3"]) == 2
+    assert "rest frame" in capsys.readouterr().err
+
+
+def test_normalisation_override(data_dir, capsys):
+    judged = _inspect_json(capsys, data_dir / PROCYON)
+    said = _inspect_json(capsys, data_dir / PROCYON, "--not-normalised")
+    assert (judged["normalised"], judged["normalised_source"]) == (True, "data")
+    assert (said["normalised"], said["normalised_source"]) == (False, "user")
+    assert _inspect_json(capsys, data_dir / E2DS, "--normalised")["normalised"] is True

@@ -257,3 +257,71 @@ def test_e2ds_blaze_found_in_previous_night_folder_only(tmp_path, data_dir):
     assert not read_observation(night / E2DS).blaze_corrected
     shutil.copy(data_dir / BLAZE, previous / BLAZE)
     assert read_observation(night / E2DS).blaze_corrected
+
+
+# -- the instrument records (issue 10, point 3) ----------------------------------------------------
+HD122563 = "hd122563.5095-5255.fits"
+
+
+def test_each_spectrograph_is_one_record_used_everywhere(tmp_path, data_dir, monkeypatch):
+    """A new record is all it takes: detection, card prefix, resolving power, observatory (night)
+    and the file-name guess all follow it (a real 1D file given an INSTRUME card)."""
+    import dataclasses
+    import datetime as dt
+
+    from survey_estimator.catalogue.schema import night_from_key, night_of
+    from survey_estimator.instruments import registry
+
+    path = tmp_path / "FIES.2020-03-01T01-00-00.000.fits"
+    with fits.open(data_dir / HD122563) as hdul:
+        hdul[0].header["INSTRUME"] = "FIES"
+        hdul[0].header["HIERARCH NOT INS MODE"] = "MED"
+        hdul.writeto(path)
+    before = read_observation(path)
+    assert (before.instrument, before.resolution_source) == ("FIES", "assumed")  # no record: read generically
+    fies = registry.Instrument("FIES", prefix="NOT", file_tag="FIES", site="NOT, La Palma", lon_deg=-17.885, lat_deg=28.757,
+                               resolution=67000.0, modes={"MED": 46000.0}, mode_card="INS MODE")
+    monkeypatch.setattr(registry, "INSTRUMENTS", registry.INSTRUMENTS + (fies,))
+    obs = read_observation(path)
+    assert (obs.instrument, obs.instrument_source, obs.resolution, obs.resolution_source) == ("FIES", "header", 46000.0, "instrument")
+    assert preprocess(obs).resolution == 46000.0 and Flag.RESOLUTION_ASSUMED not in preprocess(obs).flags
+    assert registry.lookup("fies") is fies and fies.location.lon.deg == pytest.approx(-17.885)
+    assert night_of(dt.datetime(2020, 3, 1, 12, 30), "FIES") == "2020-02-29"  # 11:18 local time at La Palma
+    assert night_of(dt.datetime(2020, 3, 1, 12, 30), "unknown") == "2020-03-01"  # UTC noon
+    assert night_from_key(path.name) == "2020-02-29"
+    monkeypatch.setattr(registry, "INSTRUMENTS", tuple(dataclasses.replace(r, lon_deg=0.0) if r.name == "HARPS" else r
+                                                       for r in registry.INSTRUMENTS))
+    assert night_of(dt.datetime(2003, 12, 13, 6, 19), "HARPS") == "2003-12-12"
+    assert night_of(dt.datetime(2003, 12, 13, 16, 0), "HARPS") == "2003-12-13"  # La Silla would say 12-12
+
+
+def test_records_hold_what_the_readers_and_preprocessing_use(data_dir):
+    from survey_estimator.instruments.registry import UNKNOWN, lookup
+
+    assert lookup("HARPN") is lookup("harps_n") is lookup("HARPS-N")
+    assert lookup("HARPS-N").layout == "canonical" and lookup("HARPS").layout == "resampled"
+    assert lookup("UVES") is UNKNOWN and UNKNOWN.resolving_power() == (None, "assumed")
+    assert lookup("MIKE-Blue").resolving_power() == (28000.0, "assumed")  # no slit card
+    assert read_observation(data_dir / "hd140283.5095-5255.fits").resolution == 28000.0  # SLITSIZE = 1.0
+    s2d = read_observation(data_dir / S2D)
+    assert (s2d.instrument, s2d.resolution, s2d.resolution_source) == ("ESPRESSO", 140000.0, "instrument")  # INS MODE SINGLEHR
+
+
+def test_one_blaze_lookup_for_local_files_and_archive_listings(tmp_path, data_dir):
+    """find_blaze is the one lookup: beside the file or one night folder away (inspect and
+    estimate), or in an archive's blaze index (the catalogue); all give the same file."""
+    from survey_estimator.catalogue.inventory import list_archive
+    from survey_estimator.instruments.blaze import blaze_key, find_blaze, local_blaze_index
+
+    night, previous = tmp_path / "2003-12-13", tmp_path / "2003-12-12"
+    night.mkdir(), previous.mkdir()
+    shutil.copy(data_dir / E2DS, night / E2DS)
+    header = fits.getheader(night / E2DS)
+    assert find_blaze(night / E2DS, header) is None
+    shutil.copy(data_dir / BLAZE, previous / BLAZE)
+    local = find_blaze(night / E2DS, header)
+    assert local == str(previous / BLAZE)
+    assert find_blaze(E2DS, header, local_blaze_index([night / E2DS])) == local
+    assert find_blaze(E2DS, header, list_archive(str(tmp_path)).blaze) == local
+    assert blaze_key("HARPS.2003-12-12T21:42:45.093_blaze_A.fits.gz") == BLAZE
+    assert find_blaze(E2DS, fits.getheader(data_dir / S1D), {BLAZE: local}) is None  # no blaze card in s1d products

@@ -7,7 +7,9 @@ exponential backoff on throttling and transient errors. Local folders are walked
 get a pseudo-ETag ``local-<size>-<mtime_ns>``.
 
 Auxiliary pipeline products (blaze, wavelength, CCF, bisector, ...) are not catalogued; blaze
-files are indexed by base name so an e2ds can be read with its blaze.
+files are indexed by their key (:func:`survey_estimator.instruments.blaze.blaze_index`) so an
+e2ds is read with its blaze, found by the one lookup
+(:func:`survey_estimator.instruments.blaze.find_blaze`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..instruments.blaze import blaze_index
 from ..storage import StorageError, is_s3, redact, resolve
 from .schema import PARTITION_COLUMN, night_from_key
 from .status import LEGACY_TRANSIENT_PREFIX
@@ -32,7 +35,6 @@ log = logging.getLogger(__name__)
 FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts")
 AUXILIARY = re.compile(r"_(blaze|wave|ccf|bis|order_profile|loc|flat|ff|lamp|drift|bkg)_[A-Z]\.fits(\.gz)?$", re.I)
 """Pipeline products that are not science spectra (skipped; blaze files are indexed)."""
-BLAZE = re.compile(r"_blaze_[A-Z]\.fits(\.gz)?$", re.I)
 TRANSIENT_PREFIX = LEGACY_TRANSIENT_PREFIX
 DAMAGED_DIR = ".damaged"
 """Damaged Parquet files are moved under ``<catalogue>/.damaged/`` (ignored by every reader)."""
@@ -65,12 +67,6 @@ class Listing:
 
     files: tuple[ArchiveObject, ...]
     blaze: dict[str, str]
-
-
-def blaze_key(name: str) -> str:
-    """Lookup key of a blaze file name: base name, ':' as '-', without '.gz' (archives rename
-    ``HARPS.2003-12-12T21:42:45.093_blaze_A.fits`` as in ``DRS BLAZE FILE`` to hyphens)."""
-    return re.sub(r"\.gz$", "", name.rsplit("/", 1)[-1].strip()).replace(":", "-")
 
 
 def is_fits_name(name: str) -> bool:
@@ -185,13 +181,13 @@ def list_archive(uri: str) -> Listing:
         StorageError: the bucket or folder cannot be reached (message without credentials).
     """
     raw = _list_s3(uri) if is_s3(uri) else _list_local(resolve(uri).path)
-    files, blaze = [], {}
-    for obj in sorted(raw, key=lambda o: o.uri):
+    raw = sorted(raw, key=lambda o: o.uri)
+    blaze = blaze_index(o.uri for o in raw if is_fits_name(o.uri) and o.problem is None and o.local_path is None)
+    files = []
+    for obj in raw:
         base = obj.uri.rsplit("/", 1)[-1]
         if not is_fits_name(base):
             continue
-        if BLAZE.search(base) and obj.problem is None and obj.local_path is None:
-            blaze[blaze_key(base)] = obj.uri
         if AUXILIARY.search(base):
             continue
         files.append(replace(obj, night_hint=night_from_key(base)))

@@ -19,11 +19,13 @@ from datetime import datetime
 
 import numpy as np
 
+from ..instruments.blaze import find_blaze
 from ..layout import N_ORDERS, N_PIXELS
+from ..observation import Overrides
 from ..ray_env import WorkerEnv  # also imported from here by predict.py
 from ..storage import S3_ENV_VARS, Location, StorageError, is_s3, redact, resolve, s3_filesystem
 from . import retry
-from .inventory import blaze_key, night_selected, unsafe_key_reason
+from .inventory import night_selected, unsafe_key_reason
 from .schema import STATUS_ERROR, STATUS_OK, CatalogueFlag, night_from_mjd, night_now, night_of
 from .status import TRANSIENT, FileRejected, classify, code_version
 
@@ -47,6 +49,7 @@ class ReadOptions:
         blaze: blaze index (base name -> URI) of the archive.
         blaze_file: one blaze file for every old-DRS e2ds, whatever its header names (``estimate --blaze``).
         resolution: resolving power for every file, whatever its header says (``estimate --resolution``).
+        overrides: what the user says about every file (``estimate --instrument/--medium/--frame/--rv/--normalised``).
         retry: the storage retry policy; ``retries`` (when set) overrides its number of attempts.
         deadline_s: per-file deadline (seconds) for all its steps; None: none.
         max_file_bytes: larger objects are refused (permanent error) before they are fetched.
@@ -60,6 +63,7 @@ class ReadOptions:
     blaze: dict | None = None
     blaze_file: str | None = None
     resolution: float | None = None
+    overrides: Overrides | None = None
     retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     retries: int | None = None
     deadline_s: float | None = 120.0
@@ -227,7 +231,8 @@ def _night(obs, meta: dict, hint: str | None) -> str | None:
 
 def _blaze_source(name: str, data: bytes, opts: ReadOptions, fetch_blaze):
     """(name, bytes) of ``opts.blaze_file`` when given, else of the blaze file an old-DRS e2ds
-    header names when the blaze index ``opts.blaze`` holds it; ``fetch_blaze(uri)`` fetches it."""
+    header names when the blaze index ``opts.blaze`` holds it (the one lookup,
+    :func:`~survey_estimator.instruments.blaze.find_blaze`); ``fetch_blaze(uri)`` fetches it."""
     if opts.blaze_file:
         return (opts.blaze_file.rsplit("/", 1)[-1], fetch_blaze(opts.blaze_file))
     blaze_index = opts.blaze
@@ -239,13 +244,9 @@ def _blaze_source(name: str, data: bytes, opts: ReadOptions, fetch_blaze):
 
     try:
         with fits.open(io.BytesIO(data), lazy_load_hdus=True) as hdul:
-            header = hdul[0].header
-            value = next((header[k] for k in header.keys() if k.endswith("DRS BLAZE FILE")), None)
+            uri = find_blaze(name, hdul[0].header, blaze_index)
     except Exception:  # the reader proper will report what is wrong with the file
         return None
-    if not value:
-        return None
-    uri = blaze_index.get(blaze_key(str(value)))
     if uri is None:
         return None
     return (uri.rsplit("/", 1)[-1], fetch_blaze(uri))
@@ -322,7 +323,7 @@ def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.R
             step = "blaze fetch"
             blaze = _blaze_source(name, data, opts, lambda u: fetch(u, opts=replace(opts, retries=policy.attempts), deadline=deadline))
             step = "read"
-            obs = read_observation((name, data), blaze=blaze, resolution=opts.resolution)
+            obs = read_observation((name, data), blaze=blaze, resolution=opts.resolution, overrides=opts.overrides)
             for k in META_STR:
                 row[k] = _str(_get(obs, k))
             for k in META_FLOAT:

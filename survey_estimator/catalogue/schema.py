@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..instruments.registry import INSTRUMENTS, from_file_name, lookup
 from ..labels import LABEL_AXES, LABEL_HI, LABEL_LO, LABEL_NAMES, LABEL_UNITS
 
 SCHEMA_VERSION = "catalogue/3"
@@ -220,13 +221,9 @@ def flag_names(value: int) -> list[str]:
 
 # --- nights -------------------------------------------------------------------------------------
 
-OBSERVATORY_LONGITUDE_DEG: dict[str, float] = {
-    "HARPS-N": -17.889,  # TNG, Roque de los Muchachos, La Palma
-    "HARPN": -17.889,
-    "HARPS": -70.732,  # ESO 3.6 m, La Silla
-    "ESPRESSO": -70.404,  # VLT, Paranal
-}
-"""East longitude (degrees) of each instrument's observatory, for the local-noon night rule."""
+OBSERVATORY_LONGITUDE_DEG: dict[str, float] = {r.name.upper(): r.lon_deg for r in INSTRUMENTS if r.lon_deg is not None}
+"""East longitude (degrees) of each instrument's observatory, for the local-noon night rule: from
+the instrument records (:mod:`survey_estimator.instruments.registry`)."""
 
 _KEY_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[-:](\d{2})[-:](\d{2}(?:\.\d+)?)")
 
@@ -234,13 +231,13 @@ _KEY_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[-:](\d{2})[-:](\d{2}(?:\.\d
 def night_of(when: dt.datetime, instrument: str | None = None) -> str:
     """Observing night (YYYY-MM-DD) of a UTC time: the date of the local noon that starts it.
 
-    Local mean solar time at the observatory is UTC + longitude/15 h; the night runs from local
-    noon to the next local noon and is named after the date it starts on. Unknown instruments
-    use longitude 0 (UTC noon).
+    Local mean solar time at the observatory (the instrument record's longitude) is UTC +
+    longitude/15 h; the night runs from local noon to the next local noon and is named after the
+    date it starts on. Instruments without a known site use longitude 0 (UTC noon).
     """
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    lon = OBSERVATORY_LONGITUDE_DEG.get((instrument or "").upper().replace("_", "-"), 0.0)
+    lon = lookup(instrument).lon_deg or 0.0
     local = when + dt.timedelta(hours=lon / 15.0) - dt.timedelta(hours=12)
     return local.date().isoformat()
 
@@ -256,8 +253,9 @@ def night_from_mjd(mjd: float, instrument: str | None = None) -> str | None:
 def night_from_key(key: str) -> str | None:
     """Night from an archive file name holding an ISO time (``HARPN.2016-01-08T02-30-21.236_...``).
 
-    The instrument is guessed from the name prefix (HARPN, HARPS, ESPRESSO); None when the name
-    holds no date.
+    The observatory is that of the instrument whose record's ``file_tag`` the name holds
+    (:func:`~survey_estimator.instruments.registry.from_file_name`: HARPN, HARPS, ESPRESSO); None
+    when the name holds no date.
     """
     base = key.rsplit("/", 1)[-1]
     m = _KEY_DATE.search(base)
@@ -267,9 +265,7 @@ def night_from_key(key: str) -> str | None:
         when = dt.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}:{m.group(3)}:{m.group(4)}")
     except ValueError:
         return None
-    upper = base.upper()
-    inst = "HARPS-N" if "HARPN" in upper else "HARPS" if "HARPS" in upper else "ESPRESSO" if "ESPRESSO" in upper else None
-    return night_of(when, inst)
+    return night_of(when, from_file_name(base).name)
 
 
 def night_now() -> str:

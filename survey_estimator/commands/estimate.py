@@ -4,7 +4,10 @@ Each FILE (HARPS-N/HARPS e2ds, ESPRESSO S2D, s1d or ADP table; plain or gzip) is
 preprocessed and estimated exactly as the catalogue job does it, and printed as one row with the
 catalogue's columns (docs/catalogue.md): an aligned table, or one JSON object a line with --json.
 A file that cannot be read becomes an error row naming the reason; the others still get
-estimates. Old-DRS e2ds files find their blaze (``DRS BLAZE FILE``) beside them, or take --blaze.
+estimates. Old-DRS e2ds files find their blaze (``DRS BLAZE FILE``) beside them or one night
+folder away, as ``inspect`` does (the one lookup, ``instruments.blaze.find_blaze``), or take
+--blaze. --instrument, --resolution, --medium, --frame, --rv and --normalised/--not-normalised
+say what every FILE is, over what its header says or what would be assumed.
 
 The model is --model (models:/NAME@ALIAS, models:/NAME/VERSION, s3:// or local bundle folder),
 by default the bundle shipped in survey_estimator/models/production (or $SURVEY_ESTIMATOR_BUNDLE),
@@ -37,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..storage import StorageError, is_s3, redact
+from .overrides import add_override_arguments, overrides_from_args
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the shipped bundle, else models:/stellar-estimator@production)")
     parser.add_argument("--no-dae", action="store_true", help="estimate without the denoiser")
     parser.add_argument("--blaze", metavar="FILE", default=None,
-                        help="blaze file for old-DRS e2ds inputs (default: the DRS BLAZE FILE found beside each)")
-    parser.add_argument("--resolution", type=float, default=None, metavar="R",
-                        help="resolving power of every FILE (default: header card, else instrument record, else assumed "
-                             "and flagged RESOLUTION_ASSUMED)")
+                        help="blaze file for old-DRS e2ds inputs (default: the DRS BLAZE FILE found beside each "
+                             "or one night folder away)")
     parser.add_argument("--batch-size", type=int, default=16, help="spectra per model call")
     add_fit_arguments(parser)
+    add_override_arguments(parser, every="every FILE")
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,20 +87,6 @@ def archive_objects(paths: Sequence[str]) -> list:
     return out
 
 
-def sibling_blaze_index(paths: Sequence[str]) -> dict[str, str]:
-    """Blaze files in the folders of ``paths``: lookup key (see ``blaze_key``) -> absolute path."""
-    from ..catalogue.inventory import BLAZE, blaze_key
-
-    index: dict[str, str] = {}
-    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        index.update({blaze_key(n): os.path.join(folder, n) for n in sorted(names) if BLAZE.search(n)})
-    return index
-
-
 def _listed_batch(objects: list) -> dict[str, np.ndarray]:
     """The (uri, etag, size, night_hint) batch ``read_batch`` takes, from listed objects."""
     cols: dict[str, np.ndarray] = {}
@@ -110,11 +99,14 @@ def _listed_batch(objects: list) -> dict[str, np.ndarray]:
 
 # -- estimation -----------------------------------------------------------------------------------
 def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file: str | None = None,
-                    batch_size: int = 16, fit=None, resolution: float | None = None) -> Iterator[pa.Table]:
+                    batch_size: int = 16, fit=None, resolution: float | None = None,
+                    overrides=None) -> Iterator[pa.Table]:
     """Catalogue tables (:data:`~survey_estimator.catalogue.schema.SCHEMA`) for ``paths``, in order,
     ``batch_size`` files at a time: the catalogue's read stage (``read_batch``) and model stage
     (``Predictor``, with :class:`~survey_estimator.catalogue.predict.FitOptions` ``fit``) run in
-    this process.
+    this process. Blaze files are looked up beside ``paths`` and one night folder away
+    (:func:`~survey_estimator.instruments.blaze.local_blaze_index`); ``resolution`` and
+    ``overrides`` (:class:`~survey_estimator.observation.Overrides`) apply to every file.
 
     Raises:
         ModelNotFoundError: the model of ``ref`` cannot be loaded.
@@ -123,9 +115,11 @@ def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file:
 
     from ..catalogue.predict import Predictor
     from ..catalogue.read import ReadOptions, read_batch
+    from ..instruments.blaze import local_blaze_index
 
     objects = archive_objects(paths)
-    opts = ReadOptions(blaze=sibling_blaze_index(paths), blaze_file=blaze_file, retries=1, resolution=resolution)
+    opts = ReadOptions(blaze=local_blaze_index(paths), blaze_file=blaze_file, retries=1, resolution=resolution,
+                       overrides=overrides)
     predictor = Predictor(ref, use_dae=use_dae, fit=fit)
     with tqdm(total=len(objects), unit="file", desc="estimate", disable=None, file=sys.stderr) as bar:
         for i in range(0, len(objects), batch_size):
@@ -180,8 +174,10 @@ def run(args: argparse.Namespace) -> int:
     from ..catalogue.predict import FitOptions
     from ..catalogue.schema import STATUS_OK
 
-    if args.resolution is not None and not args.resolution > 0:
-        print("error: --resolution must be positive", file=sys.stderr)
+    try:
+        overrides = overrides_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
@@ -200,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         for table in estimate_tables(args.files, ref, use_dae=not args.no_dae,
                                      blaze_file=os.path.abspath(args.blaze) if args.blaze else None,
                                      batch_size=args.batch_size, fit=FitOptions(not args.no_fit, args.grid),
-                                     resolution=args.resolution):
+                                     overrides=overrides):
             if args.json:
                 for row in json_rows(table):
                     print(json.dumps(row), flush=True)

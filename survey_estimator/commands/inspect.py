@@ -3,7 +3,9 @@
 Prints instrument, DRS, target, resolution, medium, frame, normalisation (each with where it came
 from: header, format, instrument record, user, or assumed), orders used, masked fraction, RV and
 BERV applied, S/N and the offsets of the Mg b lines from rest (``--json`` for a machine-readable
-line). ``--resolution R`` overrides the resolving power the file (or its instrument) gives. ``--dump OUT.npz`` writes arrays ``wave`` (8x4096, air,
+line). ``--instrument``, ``--resolution``, ``--medium``, ``--frame``, ``--rv`` and
+``--normalised``/``--not-normalised`` override what the file says or what would be assumed
+(shown with the source "user"). ``--dump OUT.npz`` writes arrays ``wave`` (8x4096, air,
 rest frame, A), ``flux`` (8x4096, normalised) and ``mask`` (8x4096 bool, True = usable);
 ``--plot OUT.png`` draws the 8 orders. An unreadable file prints its reason and exits with 2.
 """
@@ -20,18 +22,18 @@ from ..instruments import read_observation
 from ..observation import ReadError
 from ..preprocess import ModelInput, preprocess
 from ..rv import MGB_AIR, line_offsets
+from .overrides import add_override_arguments, overrides_from_args
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="spectrum (plain or gzip): e2ds, S2D, echelle image, 1D FITS image, FITS table or text")
-    parser.add_argument("--blaze", help="blaze file for an old-DRS e2ds (default: DRS BLAZE FILE next to it)")
-    parser.add_argument("--resolution", type=float, default=None, metavar="R",
-                        help="resolving power of the spectrum (default: header card, else instrument record, else assumed)")
+    parser.add_argument("--blaze", help="blaze file for an old-DRS e2ds (default: DRS BLAZE FILE next to it or one night folder away)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--dump", metavar="OUT.npz", help="write wave, flux, mask (8x4096) to this file")
     parser.add_argument("--plot", metavar="OUT.png", help="plot the 8 canonical orders to this file")
+    add_override_arguments(parser)
 
 
 def mgb_offsets(result: ModelInput) -> list[float | None]:
@@ -56,13 +58,13 @@ def format_text(result: ModelInput) -> str:
         rv += f", CCF contrast {s['rv_ccf_contrast']:.1f}"
     lines = [
         f"file          {s['source']}",
-        f"instrument    {s['instrument']}  ({s['kind']}, DRS {s['drs_version']})",
+        f"instrument    {s['instrument']} ({s['instrument_source']}; {s['kind']}, DRS {s['drs_version']})",
         f"target        {s['object'] or '-'}  RA {num(s['ra_deg'], '{:.5f}')}  Dec {num(s['dec_deg'], '{:.5f}')}",
         f"observed      {s['date_obs'] or '-'}  MJD {num(s['mjd_obs'], '{:.5f}')}  BJD {num(s['bjd'], '{:.5f}')}  exptime {num(s['exptime_s'], '{:.1f}')} s",
         f"resolution    R = {s['resolution']:,.0f} ({s['resolution_source']})" + (f", model input at R = {result.resolution:,.0f}" if result.resolution else ""),
         f"medium        {s['medium']} ({s['medium_source']})",
         f"frame         {s['frame']} ({s['frame_source']}) -> rest (air)",
-        f"normalised    {'yes' if s['normalised'] else 'no'} (judged from the flux); coverage {100 * (s['coverage'] or 0):.0f}% of 5050-5350 A",
+        f"normalised    {'yes' if s['normalised'] else 'no'} ({'judged from the flux' if s['normalised_source'] == 'data' else s['normalised_source']}); coverage {100 * (s['coverage'] or 0):.0f}% of 5050-5350 A",
         f"assumed       {', '.join(s['assumed']) or 'nothing'}",
         f"orders used   {', '.join(map(str, s['orders_used'])) if s['orders_used'] else '1D spectrum'}; usable canonical orders {s['usable_orders']}/8",
         f"BERV applied  {num(s['berv_applied_kms'])} km/s (header BERV {num(s['berv_kms'])})",
@@ -99,11 +101,13 @@ def plot(result: ModelInput, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution is not None and not args.resolution > 0:
-        print("error: --resolution must be positive", file=sys.stderr)
+    try:
+        overrides = overrides_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = preprocess(read_observation(args.file, blaze=args.blaze, resolution=args.resolution))
+        result = preprocess(read_observation(args.file, blaze=args.blaze, overrides=overrides))
     except ReadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
 from ..layout import BAND
-from ..observation import Observation, ReadError, validate
+from ..observation import Observation, Overrides, ReadError, validate
 from . import e2ds, echelle, s1d, s2d, table, text
+from .blaze import find_blaze
+from .registry import INSTRUMENTS, UNKNOWN, Instrument, lookup
 from .detect import Cards, Source, card_prefix, check_science, detect_format, fits_from_bytes, identify_instrument, is_fits, read_bytes, source_name
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ MODEL_RESOLUTION = 115000.0
 """The resolving power assumed for a spectrum nothing says anything about, unless its sampling
 cannot carry it (:func:`assumed_resolution`)."""
 
-__all__ = ["Observation", "ReadError", "READERS", "Source", "read_observation", "read_unchecked"]
+__all__ = ["INSTRUMENTS", "Instrument", "Observation", "Overrides", "ReadError", "READERS", "Source", "find_blaze", "lookup",
+           "read_observation", "read_unchecked"]
 
 
 def assumed_resolution(wave: np.ndarray) -> float:
@@ -65,9 +69,13 @@ def looks_normalised(obs: Observation) -> bool:
     return bool(0.85 <= np.percentile(f, 95) <= 1.2 and np.median(f) > 0.3)
 
 
-def read_unchecked(source: Source, blaze: Source | None = None, resolution: float | None = None) -> Observation:
+def read_unchecked(source: Source, blaze: Source | None = None, resolution: float | None = None,
+                   overrides: Overrides | None = None) -> Observation:
     """Read a spectrum like :func:`read_observation`, without the final :func:`validate`
     (band coverage, resolution limit): for tools that look at partial spectra."""
+    overrides = overrides or Overrides()
+    if resolution is not None:
+        overrides = replace(overrides, resolution=resolution)
     name, raw, gzipped = read_bytes(source)
     instrument_note = None
     with warnings.catch_warnings():
@@ -77,32 +85,37 @@ def read_unchecked(source: Source, blaze: Source | None = None, resolution: floa
                 name, hdul = fits_from_bytes(name, raw, gzipped)
                 with hdul:
                     header = hdul[0].header
-                    instrument, instrument_note = identify_instrument(header)
-                    cards = Cards(header, card_prefix(instrument, header))
+                    record, instrument, instrument_note = identify_instrument(header, overrides.instrument)
+                    cards = Cards(header, card_prefix(record, header))
                     check_science(name, header, cards)
                     kind = detect_format(name, hdul)
                     obs = READERS[kind](name, hdul, cards, instrument, blaze=blaze if kind == "e2ds" else None)
             else:
                 obs = text.read(name, raw, gzipped)
+                if overrides.instrument:
+                    instrument_note = f"instrument {overrides.instrument} given by the user"
+                    obs.resolution, obs.resolution_source = lookup(overrides.instrument).resolving_power()
         except ReadError:
             raise
         except Exception as exc:  # anything astropy/numpy raise on malformed content
             raise ReadError(name, f"unreadable content ({type(exc).__name__}: {exc})") from exc
     if instrument_note:
         obs.notes.insert(0, instrument_note)
-    if resolution is not None:
-        obs.resolution, obs.resolution_source = float(resolution), "user"
-    elif obs.resolution is None:
+    if obs.instrument == "unknown" and not overrides.instrument:
+        obs.instrument_source = "assumed"
+    obs.normalised, obs.normalised_source = looks_normalised(obs), "data"
+    overrides.apply(obs)
+    if obs.resolution is None:
         obs.resolution, obs.resolution_source = assumed_resolution(obs.wave), "assumed"
         obs.notes.append(f"resolution unknown: R = {obs.resolution:,.0f} assumed (pass --resolution R)")
     elif obs.resolution_source == "assumed":
         obs.notes.append(f"resolution R = {obs.resolution:,.0f} assumed from the instrument's usual setting (pass --resolution R)")
-    obs.normalised = looks_normalised(obs)
     log.debug("read %s: %s %s %s", source_name(source), obs.instrument, obs.kind, obs.flux.shape)
     return obs
 
 
-def read_observation(source: Source, blaze: Source | None = None, resolution: float | None = None) -> Observation:
+def read_observation(source: Source, blaze: Source | None = None, resolution: float | None = None,
+                     overrides: Overrides | None = None) -> Observation:
     """Read a science spectrum from a path, ``(name, bytes)`` or ``(name, file-like)``.
 
     Args:
@@ -110,10 +123,13 @@ def read_observation(source: Source, blaze: Source | None = None, resolution: fl
             magic bytes.
         blaze: optional blaze file for an old-DRS e2ds (else looked up via ``DRS BLAZE FILE``
             next to a local file; absent blaze leaves ``blaze_corrected=False``).
-        resolution: resolving power to use whatever the file says (``--resolution``).
+        resolution: resolving power to use whatever the file says (``--resolution``; the same
+            as ``overrides.resolution``).
+        overrides: what the user says about the spectrum (:class:`Overrides`: instrument,
+            resolution, medium, frame, RV, normalisation), over what the file says or was assumed.
     Returns:
         a validated :class:`Observation` (covers 5050-5350 A with usable pixels, R >= 20,000).
     Raises:
         ReadError: for every kind of unusable input; the message names the file and the reason.
     """
-    return validate(read_unchecked(source, blaze, resolution))
+    return validate(read_unchecked(source, blaze, resolution, overrides))

@@ -21,6 +21,7 @@ from astropy.io import fits
 
 from ..observation import ReadError
 from . import columns
+from .registry import UNKNOWN, Instrument, from_signature, lookup
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 FITS_MAGIC = b"SIMPLE  ="
 BLOCK = 2880
 
-INSTRUMENTS = {"HARPS": "ESO", "HARPS-N": "TNG", "ESPRESSO": "ESO"}
-"""Instruments with a native reader and their hierarchical card prefix (any other is read by the
-generic readers; its prefix is guessed from the cards)."""
-_ALIASES = {"HARPS": "HARPS", "HARPN": "HARPS-N", "HARPS-N": "HARPS-N", "HARPS_N": "HARPS-N", "ESPRESSO": "ESPRESSO"}
 SPECTRUM_PRODUCTS = ("S2D_A", "S2D_BLAZE_A", "S1D_A", "E2DS_A", "SCIENCE.SPECTRUM")
 """``PRO CATG`` / ``PRODCATG`` values of products that hold a science spectrum."""
 
@@ -153,30 +150,35 @@ def _clean(value, default):
     return value
 
 
-def identify_instrument(header: fits.Header) -> tuple[str, str | None]:
-    """Instrument name from the primary header, and a note when it was inferred.
+def identify_instrument(header: fits.Header, name: str | None = None) -> tuple[Instrument, str, str | None]:
+    """The instrument of a primary header: its record, its name, and a note when inferred.
 
+    Args:
+        name: the instrument the user names (``--instrument``), taken whatever the header says.
     Returns:
-        ("HARPS" / "HARPS-N" / "ESPRESSO" or the ``INSTRUME`` value as written, e.g. "MIKE-Blue",
-        or "unknown"; a note saying how it was inferred, or None when ``INSTRUME`` says it).
-        Without ``INSTRUME``: ``HIERARCH TNG`` cards mean HARPS-N, ``HIERARCH ESO DRS`` cards the
-        HARPS DRS (its 1D products often lack ``INSTRUME``).
+        (the :mod:`.registry` record (:data:`~.registry.UNKNOWN` for a spectrograph without one),
+        the name: the record's, else ``INSTRUME`` as written (e.g. "UVES"), else "unknown";
+        a note saying how it was inferred, or None when ``INSTRUME`` says it). Without
+        ``INSTRUME`` a record's signature cards tell (``HIERARCH TNG`` cards: HARPS-N;
+        ``HIERARCH ESO DRS`` cards: the HARPS DRS, whose 1D products often lack ``INSTRUME``).
     """
+    if name:
+        record = lookup(name)
+        return record, (record.name if record is not UNKNOWN else name), f"instrument {name} given by the user"
     raw = str(header.get("INSTRUME", "") or "").strip()
     if raw:
-        return _ALIASES.get(raw.upper(), raw), None
-    keys = list(header.keys())
-    if any(k.startswith("TNG ") for k in keys):
-        return "HARPS-N", "no INSTRUME card: HARPS-N from its HIERARCH TNG cards"
-    if any(k.startswith("ESO DRS ") for k in keys):
-        return "HARPS", "no INSTRUME card: HARPS from its HIERARCH ESO DRS cards"
-    return "unknown", "no INSTRUME card and no pipeline cards: instrument unknown"
+        record = lookup(raw)
+        return record, (record.name if record is not UNKNOWN else raw), None
+    record = from_signature(header.keys())
+    if record is not None:
+        return record, record.name, f"no INSTRUME card: {record.name} from its HIERARCH {record.signature.strip()} cards"
+    return UNKNOWN, "unknown", "no INSTRUME card and no pipeline cards: instrument unknown"
 
 
-def card_prefix(instrument: str, header: fits.Header) -> str:
-    """Hierarchical card prefix: the instrument's, else "TNG" when such cards exist, else "ESO"."""
-    if instrument in INSTRUMENTS:
-        return INSTRUMENTS[instrument]
+def card_prefix(record: Instrument, header: fits.Header) -> str:
+    """Hierarchical card prefix: the record's, else "TNG" when such cards exist, else "ESO"."""
+    if record.prefix:
+        return record.prefix
     return "TNG" if any(k.startswith("TNG ") for k in header.keys()) else "ESO"
 
 

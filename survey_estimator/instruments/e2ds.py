@@ -5,13 +5,11 @@ observatory frame) from the header polynomial::
 
     lambda[o, x] = sum_{p=0..d} C[o*(d+1) + p] * x**p,   d = DRS CAL TH DEG LL, x = 0..4095
 
-The matching blaze (``DRS BLAZE FILE``) is looked for next to the file (also with ':' written as
-'-', optionally gzipped, and in the neighbouring YYYY-MM-DD night folders); without it the flux stays blaze-shaped
-and the observation says so (``blaze_corrected=False``).
+The matching blaze (``DRS BLAZE FILE``) is found by :func:`survey_estimator.instruments.blaze.find_blaze`
+(next to the file, with ':' written as '-', optionally gzipped, or one YYYY-MM-DD night folder
+away); without it the flux stays blaze-shaped and the observation says so (``blaze_corrected=False``).
 """
 from __future__ import annotations
-
-import datetime
 
 import logging
 import re
@@ -22,6 +20,7 @@ from astropy.io import fits
 
 from ..layout import wavelength_solution
 from ..observation import Observation, ReadError
+from .blaze import blaze_named, find_blaze
 from .detect import Cards, Source, open_fits
 from .metadata import common, old_drs
 from .noise import count_variance
@@ -62,29 +61,6 @@ def saturation_level(bits: int = 16, window: float = 17) -> float:
     return (2.0**bits - 1) * window
 
 
-def _neighbour_nights(folder: Path) -> list[Path]:
-    """The previous and next night folders of a DRS night folder named ``YYYY-MM-DD`` (the blaze
-    may come from the previous night's calibration); none for other folder names."""
-    try:
-        night = datetime.date.fromisoformat(folder.name)
-    except ValueError:
-        return []
-    days = (night - datetime.timedelta(days=1), night + datetime.timedelta(days=1))
-    return [folder.parent / d.isoformat() for d in days if (folder.parent / d.isoformat()).is_dir()]
-
-
-def find_blaze(path: Path, blaze_name: str) -> Path | None:
-    """Locate the blaze file named in the header next to ``path`` (or one night folder away)."""
-    stems = {blaze_name, blaze_name.replace(":", "-")}
-    candidates = [s + ext for s in stems for ext in ("", ".gz")]
-    folders = [path.parent] + _neighbour_nights(path.parent)
-    for folder in folders:
-        for c in candidates:
-            if (folder / c).is_file():
-                return folder / c
-    return None
-
-
 def read_blaze(source: Source, shape: tuple[int, int]) -> np.ndarray:
     """Blaze image (n_orders, n_pixels), ~1 at peak; NaN where not positive.
 
@@ -121,16 +97,15 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: So
     notes: list[str] = []
     blaze_used = None
     if blaze is None:
-        bname = cards.get("DRS BLAZE FILE")
+        bname = blaze_named(header)
         if bname and Path(name).exists():
-            found = find_blaze(Path(name), Path(str(bname)).name)
-            blaze = found
-            if found is None:
-                notes.append(f"blaze file {bname} not found next to the spectrum")
+            blaze = find_blaze(name, header)
+            if blaze is None:
+                notes.append(f"blaze file {bname} not found next to the spectrum or one night folder away")
         elif bname:
             notes.append(f"blaze file {bname} not available for in-memory input")
         else:
-            notes.append("no DRS BLAZE FILE card")
+            notes.append("no blaze card (DRS BLAZE FILE)")
     if blaze is not None:
         b = read_blaze(blaze, flux.shape)
         flux, variance = flux / b, variance / b**2

@@ -1,5 +1,5 @@
 """Header metadata shared by every reader: target, pointing, times, exposure, S/N cards, and what
-the header (or the spectrograph's known record) says about resolution, wavelength medium and frame."""
+the header (or the spectrograph's record, :mod:`.registry`) says about resolution, wavelength medium and frame."""
 from __future__ import annotations
 
 import re
@@ -8,13 +8,8 @@ import numpy as np
 from astropy.io import fits
 
 from .detect import Cards
+from .registry import lookup
 
-RESOLUTION = {"HARPS": 115000.0, "HARPS-N": 115000.0}
-"""Resolving power per instrument; ESPRESSO depends on its mode and MIKE on its slit (see
-:func:`resolution`)."""
-ESPRESSO_RESOLUTION = {"SINGLEHR": 140000.0, "MULTIMR": 70000.0, "SINGLEUHR": 190000.0}
-MIKE_RESOLUTION_1ARCSEC = {"MIKE-BLUE": 28000.0, "MIKE-RED": 22000.0}
-"""Magellan MIKE resolving power with the 1.0 arcsec slit; it scales as 1 / slit width (``SLITSIZE``, arcsec)."""
 RESOLUTION_CARDS = ("SPEC_RES", "RESOLUTN", "RESOLVPW", "RESOLUTION", "RESOLV", "SPECRES")
 """Header cards that give the resolving power lambda/dlambda (ESO Phase 3: ``SPEC_RES``)."""
 FRAMES = {"BARYCENT": "barycentric", "HELIOCEN": "barycentric", "TOPOCENT": "observatory", "SOURCE": "rest"}
@@ -32,24 +27,14 @@ def _header_resolution(header: fits.Header) -> float | None:
 
 def resolution(instrument: str, cards: Cards, header: fits.Header | None = None) -> tuple[float | None, str]:
     """Resolving power and where it came from: a header card (:data:`RESOLUTION_CARDS`, "header"),
-    the instrument's record ("instrument"; ESPRESSO by ``INS MODE``, default HR 140,000; MIKE by
-    ``SLITSIZE``), or ``(None, "assumed")`` when neither knows (the caller assumes a value)."""
+    else the instrument's record (:meth:`~.registry.Instrument.resolving_power`: "instrument", or
+    "assumed" when the record's value needs a card the file lacks; ``(None, "assumed")`` when no
+    record knows: the caller assumes a value)."""
     header = cards.header if header is None else header
     r = _header_resolution(header)
     if r is not None:
         return r, "header"
-    if instrument == "ESPRESSO":
-        mode = str(cards.get("INS MODE", "SINGLEHR")).upper()
-        return ESPRESSO_RESOLUTION.get(mode, 140000.0), "instrument"
-    if instrument in RESOLUTION:
-        return RESOLUTION[instrument], "instrument"
-    arm = instrument.upper()
-    if arm in MIKE_RESOLUTION_1ARCSEC:
-        slit = _float(header.get("SLITSIZE"))
-        if slit and slit > 0:
-            return MIKE_RESOLUTION_1ARCSEC[arm] / slit, "instrument"
-        return MIKE_RESOLUTION_1ARCSEC[arm], "assumed"
-    return None, "assumed"
+    return lookup(instrument).resolving_power(cards)
 
 
 def medium_from_cards(header: fits.Header) -> str | None:

@@ -109,20 +109,6 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze=Non
     noise = {"error": error} if error is not None else _noise(hdul, index, flux.size)
     spec = spectrum1d.build(name, wave, flux, unit=unit, notes=notes, **noise)
     family, drs = pipeline(primary, cards)
-    medium = medium_from_cards(header) or medium_from_cards(primary)
-    frame = frame_from_cards(header, primary)
-    return Observation(
-        flux=spec.flux,
-        variance=spec.variance,
-        wave=spec.wave,
-        mask=spec.mask,
-        medium=medium or "air",
-        medium_source="header" if medium else ("format" if family else "assumed"),
-        frame=frame or "barycentric",
-        frame_source="header" if frame else ("format" if family else "assumed"),
-        instrument=instrument,
-        kind="s1d",
-        source=name,
-        notes=spec.notes,
-        **{"drs_version": "", **common(primary, cards, instrument), **drs},
-    )
+    return spec.observation(name, "s1d", instrument, medium=medium_from_cards(header) or medium_from_cards(primary),
+                            frame=frame_from_cards(header, primary), convention=family is not None,
+                            **common(primary, cards, instrument), **drs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..layout import BAND
-from ..observation import ReadError
+from ..observation import Observation, ReadError
 from .noise import der_snr_variance
 
 UNITS_TO_A = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "aa": 1.0, "0.1nm": 1.0, "nm": 10.0, "nanometer": 10.0,
@@ -39,6 +39,33 @@ class Spectrum1D:
     variance: np.ndarray
     mask: np.ndarray
     notes: list[str] = field(default_factory=list)
+
+    def observation(self, name: str, kind: str, instrument: str, *, medium: str | None = None, frame: str | None = None,
+                    convention: bool = False, medium_default: str = "air", **metadata) -> Observation:
+        """This spectrum as an :class:`Observation` from reader ``kind``.
+
+        Args:
+            medium, frame: what the file's cards or column names say (source "header"), None when
+                nothing does: then the format's convention when ``convention`` (source "format"),
+                else assumed ("assumed"); the value is then ``medium_default`` / barycentric.
+            metadata: the other :class:`Observation` fields (target, times, DRS fields, ...).
+        """
+        fallback = "format" if convention else "assumed"
+        return Observation(
+            flux=self.flux,
+            variance=self.variance,
+            wave=self.wave,
+            mask=self.mask,
+            medium=medium or medium_default,
+            medium_source="header" if medium else fallback,
+            frame=frame or "barycentric",
+            frame_source="header" if frame else fallback,
+            instrument=instrument,
+            kind=kind,
+            source=name,
+            notes=self.notes,
+            **{"drs_version": "", **metadata},
+        )
 
 
 def to_angstrom(wave: np.ndarray, unit: str | None, notes: list[str]) -> np.ndarray:
@@ -125,14 +152,15 @@ def _sampling_note(wave: np.ndarray, notes: list[str]) -> None:
         notes.append(f"non-uniform sampling (pixel step {step.min():.4f}-{step.max():.4f} A in the band): resampled by wavelength")
 
 
-def build(name: str, wave, flux, *, error=None, variance=None, quality=None, unit: str | None = "angstrom",
+def build(name: str, wave, flux, *, error=None, variance=None, ivar=None, quality=None, unit: str | None = "angstrom",
           notes: list[str] | None = None) -> Spectrum1D:
     """Clean one merged spectrum.
 
     Args:
         name: file name for errors.
         wave, flux: (n,) wavelengths (in ``unit``) and flux.
-        error / variance: optional (n,) one-sigma error or variance (error wins if both given).
+        error / variance / ivar: optional (n,) one-sigma error, variance or inverse variance (the
+            first given of these wins; an ivar <= 0 is a missing value).
         quality: optional (n,) quality flags (see :func:`quality_mask`).
         unit: wavelength unit (see :func:`to_angstrom`).
         notes: list to extend (a new one by default).
@@ -140,6 +168,10 @@ def build(name: str, wave, flux, *, error=None, variance=None, quality=None, uni
         ReadError: shapes differ, no finite wavelength, too few pixels, non-monotonic wavelengths.
     """
     notes = [] if notes is None else notes
+    if variance is None and ivar is not None:
+        ivar = np.asarray(ivar, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            variance = np.where(ivar > 0, 1.0 / ivar, np.nan)
     wave = np.asarray(wave, dtype=np.float64).reshape(-1)
     flux = np.asarray(flux, dtype=np.float64).reshape(-1)
     extra = [None if a is None else np.asarray(a).reshape(-1) for a in (error, variance, quality)]

@@ -110,15 +110,8 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze=Non
     if columns.is_log10(cols["wave"]):
         wave, unit = 10.0**wave, "angstrom"
         notes.append(f"column {cols['wave']!r} holds log10(wavelength)")
-    noise = {}
-    if a["error"] is not None:
-        noise["error"] = a["error"]
-    elif a["variance"] is not None:
-        noise["variance"] = a["variance"]
-    elif a["ivar"] is not None:
-        with np.errstate(divide="ignore"):
-            noise["variance"] = np.where(a["ivar"] > 0, 1.0 / a["ivar"], np.nan)
-    spec = spectrum1d.build(name, wave, a["flux"], quality=a["quality"], unit=unit, notes=notes, **noise)
+    spec = spectrum1d.build(name, wave, a["flux"], error=a["error"], variance=a["variance"], ivar=a["ivar"],
+                            quality=a["quality"], unit=unit, notes=notes)
     family, drs = pipeline(primary, cards)
     phase3 = str(primary.get("PRODCATG", "") or "").upper().startswith("SCIENCE.SPECTRUM")
     medium = columns.medium_of(cols["wave"]) or medium_from_cards(table.header) or medium_from_cards(primary)
@@ -129,18 +122,6 @@ def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze=Non
                    bjd=cards.float("DRS BJD"), berv_kms=cards.float("DRS BERV"), rv_kms=cards.float("DRS CCF RVC"))
     if phase3 and primary.get("SNR") is not None:
         drs["snr"] = np.array([float(primary["SNR"])])
-    return Observation(
-        flux=spec.flux,
-        variance=spec.variance,
-        wave=spec.wave,
-        mask=spec.mask,
-        medium=medium or ("vacuum" if family == "new-DRS" else "air"),
-        medium_source="header" if medium else ("format" if convention else "assumed"),
-        frame=frame or "barycentric",
-        frame_source="header" if frame else ("format" if convention else "assumed"),
-        instrument=instrument,
-        kind="table",
-        source=name,
-        notes=spec.notes,
-        **{"drs_version": "", **common(primary, cards, instrument), **drs},
-    )
+    return spec.observation(name, "table", instrument, medium=medium, frame=frame, convention=convention,
+                            medium_default="vacuum" if family == "new-DRS" else "air",
+                            **common(primary, cards, instrument), **drs)

@@ -99,33 +99,13 @@ def read(name: str, raw: bytes, gzipped: bool = False) -> Observation:
     noise = {}
     if n_cols == 3:
         third = names[2] if len(names) == 3 else ""
-        if third and columns.find([third], columns.IVAR):
-            with np.errstate(divide="ignore"):
-                noise["variance"] = np.where(data[:, 2] > 0, 1.0 / data[:, 2], np.nan)
-        elif third and columns.find([third], columns.VARIANCE):
-            noise["variance"] = data[:, 2]
-        else:
-            noise["error"] = data[:, 2]
+        kind = "ivar" if third and columns.find([third], columns.IVAR) else (
+            "variance" if third and columns.find([third], columns.VARIANCE) else "error")
+        noise[kind] = data[:, 2]
     wave = data[:, 0]
     unit = None
     if wave_name and columns.is_log10(wave_name):
         wave, unit = 10.0**wave, "angstrom"
         notes.append(f"column {wave_name!r} holds log10(wavelength)")
     spec = spectrum1d.build(name, wave, data[:, 1], unit=unit, notes=notes, **noise)
-    return Observation(
-        flux=spec.flux,
-        variance=spec.variance,
-        wave=spec.wave,
-        mask=spec.mask,
-        medium=medium or "air",
-        medium_source="header" if medium else "assumed",
-        frame="barycentric",
-        frame_source="assumed",
-        instrument="unknown",
-        drs_version="",
-        kind="text",
-        source=name,
-        resolution=None,
-        resolution_source="assumed",
-        notes=spec.notes,
-    )
+    return spec.observation(name, "text", "unknown", medium=medium, resolution=None, resolution_source="assumed")
