@@ -76,16 +76,15 @@ def _float(value) -> float | None:
 def common(header: fits.Header, cards: Cards, instrument: str) -> dict:
     """Observation keyword arguments common to all formats.
 
-    HARPS-N quirks handled: no OBJECT card (target in ``TNG OBS TARG NAME``), RA/DEC in hours
-    (``RA-DEG``/``DEC-DEG`` used instead). Includes ``resolution`` and ``resolution_source``.
+    The pointing comes from the record's :attr:`~.registry.Instrument.radec_cards` (HARPS-N writes
+    RA/DEC in hours, degrees in ``RA-DEG``/``DEC-DEG``), else the first of ``RA-DEG``/``DEC-DEG``,
+    ``RA-D``/``DEC-D`` (Magellan) present, else ``RA``/``DEC``. The target is ``OBJECT``, else
+    ``OBS TARG NAME`` (HARPS-N). Includes ``resolution`` and ``resolution_source``.
     """
     obj = header.get("OBJECT") or cards.get("OBS TARG NAME") or ""
-    if instrument == "HARPS-N" or "RA-DEG" in header:
-        ra, dec = _float(header.get("RA-DEG")), _float(header.get("DEC-DEG"))
-    elif "RA-D" in header:  # Magellan: RA/DEC are sexagesimal strings, RA-D/DEC-D degrees
-        ra, dec = _float(header.get("RA-D")), _float(header.get("DEC-D"))
-    else:
-        ra, dec = _float(header.get("RA")), _float(header.get("DEC"))
+    ra_key, dec_key = lookup(instrument).radec_cards or next(
+        ((r, d) for r, d in (("RA-DEG", "DEC-DEG"), ("RA-D", "DEC-D")) if r in header), ("RA", "DEC"))
+    ra, dec = _float(header.get(ra_key)), _float(header.get(dec_key))
     r, r_source = resolution(instrument, cards, header)
     return dict(
         object=str(obj).strip(),

@@ -44,6 +44,8 @@ class Instrument:
         mode_card: the card naming the instrument mode, or None.
         slit_card: the card giving the slit width in arcsec when ``resolution`` is the value for a
             1 arcsec slit (R scales as 1 / width; MIKE's ``SLITSIZE``), or None.
+        radec_cards: the cards holding RA and Dec in degrees when ``RA``/``DEC`` do not (HARPS-N:
+            ``RA-DEG``/``DEC-DEG``; Magellan: ``RA-D``/``DEC-D``), None for the usual ones.
         layout: native echelle layout vs the canonical one (:data:`Layout`).
         native_shape: (orders, pixels) of its extracted echelle frames, None when not echelle.
         blaze_card: the card naming the blaze file its old-DRS e2ds frames need
@@ -64,6 +66,7 @@ class Instrument:
     modes: Mapping[str, float] = field(default_factory=dict)
     mode_card: str | None = None
     slit_card: str | None = None
+    radec_cards: tuple[str, str] | None = None
     layout: Layout = "resampled"
     native_shape: tuple[int, int] | None = None
     blaze_card: str | None = None
@@ -107,7 +110,8 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument(
         "HARPS-N", aliases=("HARPN", "HARPS_N"), prefix="TNG", signature="TNG ", file_tag="HARPN",
         site="TNG, Roque de los Muchachos, La Palma", lon_deg=-17.889, lat_deg=28.754, height_m=2387.2,
-        resolution=115000.0, layout="canonical", native_shape=(69, 4096), blaze_card="DRS BLAZE FILE",
+        resolution=115000.0, radec_cards=("RA-DEG", "DEC-DEG"), layout="canonical", native_shape=(69, 4096),
+        blaze_card="DRS BLAZE FILE",
     ),
     Instrument(
         "HARPS", prefix="ESO", signature="ESO DRS ", file_tag="HARPS",
@@ -122,11 +126,11 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     ),
     Instrument(
         "MIKE-Blue", site="Magellan Clay, Las Campanas", lon_deg=-70.692, lat_deg=-29.015, height_m=2380.0,
-        resolution=28000.0, slit_card="SLITSIZE",
+        resolution=28000.0, slit_card="SLITSIZE", radec_cards=("RA-D", "DEC-D"),
     ),
     Instrument(
         "MIKE-Red", site="Magellan Clay, Las Campanas", lon_deg=-70.692, lat_deg=-29.015, height_m=2380.0,
-        resolution=22000.0, slit_card="SLITSIZE",
+        resolution=22000.0, slit_card="SLITSIZE", radec_cards=("RA-D", "DEC-D"),
     ),
 )
 """The known spectrographs (HARPS-N before HARPS: its file tag and cards are the more specific)."""
