@@ -174,10 +174,8 @@ def run(args: argparse.Namespace) -> int:
     from ..catalogue.predict import FitOptions
     from ..catalogue.schema import STATUS_OK
 
-    try:
-        overrides = overrides_from_args(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    overrides = overrides_from_args(args)
+    if overrides is None:
         return 2
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)

@@ -101,10 +101,8 @@ def plot(result: ModelInput, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        overrides = overrides_from_args(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    overrides = overrides_from_args(args)
+    if overrides is None:
         return 2
     try:
         result = preprocess(read_observation(args.file, blaze=args.blaze, overrides=overrides))

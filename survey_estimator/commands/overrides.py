@@ -3,6 +3,7 @@ about it (:class:`~survey_estimator.observation.Overrides`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..instruments.registry import names
 from ..observation import Overrides
@@ -31,11 +32,12 @@ def add_override_arguments(parser: argparse.ArgumentParser, every: str = "the sp
                       help="the flux is not continuum-normalised")
 
 
-def overrides_from_args(args: argparse.Namespace) -> Overrides:
-    """The :class:`Overrides` the parsed options give.
-
-    Raises:
-        ValueError: an impossible value or combination (e.g. ``--rv`` with ``--frame rest``).
-    """
-    return Overrides(instrument=args.instrument, resolution=args.resolution, medium=args.medium, frame=args.frame,
-                     rv_kms=args.rv, normalised=args.normalised)
+def overrides_from_args(args: argparse.Namespace) -> Overrides | None:
+    """The :class:`Overrides` the parsed options give; None (the reason printed to stderr) for an
+    impossible value or combination (e.g. ``--rv`` with ``--frame rest``): the command exits 2."""
+    try:
+        return Overrides(instrument=args.instrument, resolution=args.resolution, medium=args.medium, frame=args.frame,
+                         rv_kms=args.rv, normalised=args.normalised)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
