@@ -68,8 +68,9 @@ class Observation:
         mask: bool, True = usable (finite, not flagged by the pipeline's quality array).
         medium: "air" or "vacuum".
         frame: "observatory", "barycentric" or "rest".
-        instrument: "HARPS", "HARPS-N", "ESPRESSO", the ``INSTRUME`` card of any other
-            spectrograph as written (e.g. "MIKE-Blue"), or "unknown".
+        instrument: the name of its record in :mod:`survey_estimator.instruments.registry`
+            ("HARPS", "HARPS-N", "ESPRESSO", "MIKE-Blue", ...), the ``INSTRUME`` card of any other
+            spectrograph as written (e.g. "UVES"), or "unknown".
         drs_version: pipeline identifier, e.g. "HARPS_3.5" or "espdr/1.0.9a2" ("" when unknown).
         kind: the reader that produced it: "e2ds", "s2d", "echelle" (multi-order image with a
             wavelength image), "s1d" (1D image with a wavelength WCS), "table" (FITS binary
@@ -216,10 +217,10 @@ class Overrides:
             raise ValueError("an RV cannot be applied to a spectrum said to be in the rest frame")
 
     def apply(self, obs: Observation) -> Observation:
-        """Set the given values on ``obs`` (source "user", a note each); ``instrument`` only names
-        it here (its record is used by the reader). Returns ``obs``."""
+        """Set the given values on ``obs`` (source "user", a note each); for ``instrument`` only its
+        source (the reader took its name and record). Returns ``obs``."""
         if self.instrument is not None:
-            obs.instrument, obs.instrument_source = self.instrument, "user"
+            obs.instrument_source = "user"
         for key in ("resolution", "medium", "frame", "normalised"):
             value = getattr(self, key)
             if value is not None:

@@ -90,10 +90,23 @@ def test_every_assumption_is_shown_with_its_source(data_dir, capsys):
     assert "instrument    unknown (assumed" in out and "medium        air (assumed)" in out and "(judged from the flux)" in out
 
 
-def test_instrument_override_brings_its_record(data_dir, capsys):
+def test_instrument_override_brings_its_record(data_dir, tmp_path, capsys):
     s = _inspect_json(capsys, data_dir / HD122563, "--instrument", "HARPS")
     assert (s["instrument"], s["instrument_source"], s["resolution"], s["resolution_source"]) == ("HARPS", "user", 115000.0, "instrument")
     assert "RESOLUTION_ASSUMED" not in s["flag_names"] and "instrument" not in s["assumed"]
+    from astropy.io import fits
+
+    with fits.open(data_dir / HD122563) as hdul:  # the same spectrum as plain text
+        h = hdul[0].header
+        flux = hdul[0].data.astype(float)
+        wave = h["CRVAL1"] + (np.arange(flux.size) + 1 - h.get("CRPIX1", 1)) * h["CDELT1"]
+    text = tmp_path / "hd122563.txt"
+    np.savetxt(text, np.c_[wave, flux])
+    t = _inspect_json(capsys, text, "--instrument", "espresso")
+    assert (t["instrument"], t["instrument_source"], t["resolution"], t["resolution_source"]) == ("ESPRESSO", "user", 140000.0, "instrument")
+    assert "DEGRADED_RESOLUTION" in t["flag_names"]
+    other = _inspect_json(capsys, text, "--instrument", "UVES")  # no record: the name is kept, R still assumed
+    assert (other["instrument"], other["instrument_source"], other["resolution_source"]) == ("UVES", "user", "assumed")
 
 
 def test_medium_override_converts_vacuum(data_dir, capsys):

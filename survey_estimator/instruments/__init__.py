@@ -26,7 +26,7 @@ from ..layout import BAND
 from ..observation import Observation, Overrides, ReadError, validate
 from . import e2ds, echelle, s1d, s2d, table, text
 from .blaze import find_blaze
-from .registry import INSTRUMENTS, UNKNOWN, Instrument, lookup
+from .registry import INSTRUMENTS, Instrument, lookup
 from .detect import Cards, Source, card_prefix, check_science, detect_format, fits_from_bytes, identify_instrument, is_fits, read_bytes, source_name
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ def read_unchecked(source: Source, blaze: Source | None = None, resolution: floa
             else:
                 obs = text.read(name, raw, gzipped)
                 if overrides.instrument:
-                    instrument_note = f"instrument {overrides.instrument} given by the user"
-                    obs.resolution, obs.resolution_source = lookup(overrides.instrument).resolving_power()
+                    record, obs.instrument, instrument_note = identify_instrument(None, overrides.instrument)
+                    obs.resolution, obs.resolution_source = record.resolving_power()
         except ReadError:
             raise
         except Exception as exc:  # anything astropy/numpy raise on malformed content

@@ -150,10 +150,11 @@ def _clean(value, default):
     return value
 
 
-def identify_instrument(header: fits.Header, name: str | None = None) -> tuple[Instrument, str, str | None]:
+def identify_instrument(header: fits.Header | None, name: str | None = None) -> tuple[Instrument, str, str | None]:
     """The instrument of a primary header: its record, its name, and a note when inferred.
 
     Args:
+        header: the primary header (None: only ``name`` tells).
         name: the instrument the user names (``--instrument``), taken whatever the header says.
     Returns:
         (the :mod:`.registry` record (:data:`~.registry.UNKNOWN` for a spectrograph without one),
