@@ -5,15 +5,16 @@ Steps (each recorded in :class:`Flag` bits of the result):
 1. keep the rows / pixels near the canonical range (5026-5395 A);
 2. vacuum -> air where needed (IAU / Morton 2000);
 3. mask what the observation lacks: NaN, non-positive and (reader-flagged) saturated pixels,
-   order edges of echelle data, cosmic-ray outliers; echelle data in a foreign layout (HARPS,
-   ESPRESSO) are flattened per native order, since several native orders with different
+   order edges of echelle data, cosmic-ray outliers; echelle data in a foreign layout (their
+   instrument record's ``layout`` "resampled": HARPS, ESPRESSO) are flattened per native order, since several native orders with different
    throughputs feed one canonical order;
 4. shift to the stellar rest frame: BERV for observatory-frame data, then the pipeline's RV where
-   the header has one, else an RV measured by cross-correlation (:mod:`survey_estimator.rv`),
+   the header has one (or the user's, ``--rv``), else an RV measured by cross-correlation (:mod:`survey_estimator.rv`),
    applied only when the measurement is reliable (else RV_UNRELIABLE and no stellar shift);
 5. degrade to R = 115,000 where the instrument is sharper (ESPRESSO);
 6. resample into the canonical HARPS-N layout (:func:`survey_estimator.layout.resample_to_layout`;
-   HARPS-N echelle data: each canonical order from its one matching native row): pixels no input
+   echelle data whose record's layout is "canonical", HARPS-N: each canonical order from its one
+   matching native row): pixels no input
    covers (HARPS CCD gap, band ends) are masked, never zero-filled;
 7. normalise per order with :func:`survey_estimator.normalise.normalise_orders`, the same code the
    training sampler uses, and build the network input with ``model_input``.
