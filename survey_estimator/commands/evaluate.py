@@ -123,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
             (out / "between_nodes.md").write_text(between.markdown() + "\n")
             (out / "between_nodes.json").write_text(json.dumps(between.record(sampler.grid_id), indent=1) + "\n")
             files += [out / "between_nodes.md", out / "between_nodes.json"]
+            from ..evaluation import plots
+
+            for key, f in between.fits.items():
+                slug = key.lower().replace("s/n ", "snr")
+                files.append(plots.residual_plot(f.true, f.mean, out / f"residuals_between_nodes_{slug}.png",
+                                                 title=f"fit residuals, PySME spectra between nodes, {key}"))
             metrics.update(between.flat_metrics())
         print(f"\n{len(files)} files in {out}")
     if args.dae_checkpoint or args.save_bundle or (args.grid and args.refit_calibration):
