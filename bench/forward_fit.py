@@ -13,7 +13,7 @@ Measured in one run, on the grid of the shipped model by default (the packed fgk
 - the likelihood fit at S/N 20 and 100 started from the shipped network's estimate: CPU
   milliseconds per spectrum (median over batches of 32) and LM iterations;
 - the table's own interpolation error: spectra broadened exactly at random labels
-  (:meth:`ForwardModel.observed`) against the table's, and the label errors of noiseless fits of
+  (:meth:`ForwardModel.exact`) against the table's, and the label errors of noiseless fits of
   the exact spectra (what interpolating v sin i and the macroturbulence between nodes costs).
 
 Rates are per wall second and per CPU second of this process (the latter is what a loaded machine
@@ -104,14 +104,14 @@ def main() -> None:
     from survey_estimator.layout import canonical_wave
 
     lab = interp.draw_labels(48, g).to(torch.float64)
-    exact = fm.observed(lab, torch.ones(48, dtype=torch.float64, device=args.device), canonical_wave())
+    exact = fm.exact(lab, torch.ones(48, dtype=torch.float64, device=args.device), canonical_wave())
     table = fm.spectra(lab).double()
     out["table_vs_exact_rms"] = float((exact - table).pow(2).mean().sqrt())
     out["table_vs_exact_max"] = float((exact - table).abs().max())
     res = Fitter(fm, FitConfig(model_error=0.0)).fit(exact.cpu().numpy(), np.full(exact.shape, 1e-4), np.ones(exact.shape, bool),
                                                       lab.cpu().numpy())
     out["noiseless_fit_rms_error"] = np.sqrt(np.mean((res.labels - lab.cpu().numpy()) ** 2, axis=0)).tolist()
-    out["sigma_at_snr100"] = np.median(res.sigma, axis=0).tolist()
+    out["sigma_at_snr100"] = np.median(res.sigma_stat, axis=0).tolist()
 
     print(f"machine: {out['machine']}, torch threads {out['torch_threads']}, load average {out['load_average']}")
     print(f"grid {out['grid_id']} ({uri}); forward table {out['forward_table_MB']:.0f} MB, loaded/built in {load_s:.1f} s")

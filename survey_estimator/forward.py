@@ -460,12 +460,21 @@ class ForwardModel:
                 w = cubic.weights(u - i0)
                 out[:, o] = sum(wk * np.take_along_axis(spec[:, o], i0 + k, axis=1) for k, wk in zip(range(-1, 3), w))
             return torch.as_tensor(out, device=self.device)
+        log.info("rendering beyond the table's margin from the fine grid (exact broadening)")
+        return self.exact(labels, factor, target)
+
+    def exact(self, labels: torch.Tensor, factor, target: np.ndarray) -> torch.Tensor:
+        """The same physics computed from the fine grid instead of the table: the nodes' fine
+        spectra interpolated at ``labels`` (B, 4), broadened exactly at them (:func:`broaden`)
+        and resampled to ``target / factor`` (O, P). Differs from the table by its interpolation
+        between the v sin i nodes and of the broadening kernels between label nodes."""
         if self.interpolator is None:
             raise ValueError("this forward model holds only its table: build it from a grid to render other layouts")
-        log.info("rendering beyond the table's margin from the fine grid (exact broadening)")
+        labels = torch.as_tensor(labels, dtype=torch.float64, device=self.device).reshape(-1, 4)
+        factor = torch.as_tensor(factor, dtype=torch.float64).reshape(-1).expand(labels.shape[0])
         flux = self.interpolator.interpolate(labels).to(torch.float64)
         spec = broaden(flux, labels.cpu().numpy(), labels[:, 3], self.interpolator.velocity_step, self.config)
-        return LayoutResampler(self.interpolator.wave, target, device=self.device)(spec, torch.as_tensor(factor))
+        return LayoutResampler(self.interpolator.wave, np.asarray(target, dtype=np.float64), device=self.device)(spec, factor)
 
     def describe(self) -> dict:
         """JSON-ready description (provenance of fits made with this model)."""
