@@ -229,27 +229,15 @@ def _night(obs, meta: dict, hint: str | None) -> str | None:
     return night or hint
 
 
-def _blaze_source(name: str, data: bytes, opts: ReadOptions, fetch_blaze):
-    """(name, bytes) of ``opts.blaze_file`` when given, else of the blaze file an old-DRS e2ds
-    header names when the blaze index ``opts.blaze`` holds it (the one lookup,
-    :func:`~survey_estimator.instruments.blaze.find_blaze`); ``fetch_blaze(uri)`` fetches it."""
+def _blaze_source(name: str, header, opts: ReadOptions, fetch_blaze):
+    """(name, bytes) of ``opts.blaze_file`` when given, else of the blaze file the old-DRS e2ds
+    primary ``header`` names when the blaze index ``opts.blaze`` holds it (the one lookup,
+    :func:`~survey_estimator.instruments.blaze.find_blaze`), else None; ``fetch_blaze(uri)``
+    fetches it. The reader calls it with the header it has parsed (one parse per file)."""
     if opts.blaze_file:
         return (opts.blaze_file.rsplit("/", 1)[-1], fetch_blaze(opts.blaze_file))
-    blaze_index = opts.blaze
-    if not blaze_index:
-        return None
-    import io
-
-    from astropy.io import fits
-
-    try:
-        with fits.open(io.BytesIO(data), lazy_load_hdus=True) as hdul:
-            uri = find_blaze(name, hdul[0].header, blaze_index)
-    except Exception:  # the reader proper will report what is wrong with the file
-        return None
-    if uri is None:
-        return None
-    return (uri.rsplit("/", 1)[-1], fetch_blaze(uri))
+    uri = find_blaze(name, header, opts.blaze) if opts.blaze else None
+    return None if uri is None else (uri.rsplit("/", 1)[-1], fetch_blaze(uri))
 
 
 def _snr(mi, obs) -> float:
@@ -320,10 +308,25 @@ def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.R
                 raise FileRejected(f"{name}: {int(size)} bytes, over the {opts.max_file_bytes}-byte limit per file")
             step = "fetch"
             data = fetch(uri, opts=opts, deadline=deadline, local_path=entry.get("local_path"))
-            step = "blaze fetch"
-            blaze = _blaze_source(name, data, opts, lambda u: fetch(u, opts=replace(opts, retries=policy.attempts), deadline=deadline))
             step = "read"
-            obs = read_observation((name, data), blaze=blaze, resolution=opts.resolution, overrides=opts.overrides)
+            blaze_failed: list[BaseException] = []
+
+            def blaze_for(header):
+                """The e2ds reader's blaze lookup; a failed fetch fails this file as step "blaze fetch"."""
+                try:
+                    return _blaze_source(name, header, opts, lambda u: fetch(u, opts=replace(opts, retries=policy.attempts), deadline=deadline))
+                except Exception as exc:
+                    blaze_failed.append(exc)
+                    return None
+
+            try:
+                obs = read_observation((name, data), blaze=blaze_for, resolution=opts.resolution, overrides=opts.overrides)
+            except Exception:
+                if not blaze_failed:
+                    raise
+            if blaze_failed:
+                step = "blaze fetch"
+                raise blaze_failed[0]
             for k in META_STR:
                 row[k] = _str(_get(obs, k))
             for k in META_FLOAT:

@@ -26,6 +26,7 @@ from ..layout import BAND
 from ..observation import Observation, Overrides, ReadError, validate
 from . import e2ds, echelle, s1d, s2d, table, text
 from .blaze import find_blaze
+from .fastfits import primary_image
 from .registry import INSTRUMENTS, Instrument, lookup
 from .detect import Cards, Source, card_prefix, check_science, detect_format, fits_from_bytes, identify_instrument, is_fits, read_bytes, source_name
 
@@ -69,6 +70,30 @@ def looks_normalised(obs: Observation) -> bool:
     return bool(0.85 <= np.percentile(f, 95) <= 1.2 and np.median(f) > 0.3)
 
 
+def _identify(name: str, header, overrides: Overrides) -> tuple[str, Cards, str | None]:
+    """(instrument name, card lookup, note on how the instrument was inferred) of a science
+    spectrum's primary header; refuses calibration frames (:func:`.detect.check_science`)."""
+    record, instrument, note = identify_instrument(header, overrides.instrument)
+    cards = Cards(header, card_prefix(record, header))
+    check_science(name, header, cards)
+    return instrument, cards, note
+
+
+def _read_fits(name: str, raw: bytes, gzipped: bool, overrides: Overrides, blaze) -> tuple[Observation, str | None]:
+    """(observation, instrument note) of FITS bytes. A file holding only a primary image with the
+    old-DRS wavelength cards (the e2ds) is read from one targeted card scan
+    (:func:`.fastfits.primary_image`, no astropy); every other file by astropy."""
+    image = primary_image(raw)
+    if image is not None and image.data.ndim == 2 and min(image.data.shape) > 1 and e2ds.has_solution(image.header):
+        instrument, cards, note = _identify(name, image.header, overrides)
+        return e2ds.read_image(name, image.header, image.data, cards, instrument, blaze), note
+    name, hdul = fits_from_bytes(name, raw, gzipped)
+    with hdul:
+        instrument, cards, note = _identify(name, hdul[0].header, overrides)
+        kind = detect_format(name, hdul)
+        return READERS[kind](name, hdul, cards, instrument, blaze=blaze if kind == "e2ds" else None), note
+
+
 def read_unchecked(source: Source, blaze: Source | None = None, resolution: float | None = None,
                    overrides: Overrides | None = None) -> Observation:
     """Read a spectrum like :func:`read_observation`, without the final :func:`validate`
@@ -82,14 +107,7 @@ def read_unchecked(source: Source, blaze: Source | None = None, resolution: floa
         warnings.simplefilter("ignore")  # old headers with 'nan' cards trigger VerifyWarning
         try:
             if is_fits(raw):
-                name, hdul = fits_from_bytes(name, raw, gzipped)
-                with hdul:
-                    header = hdul[0].header
-                    record, instrument, instrument_note = identify_instrument(header, overrides.instrument)
-                    cards = Cards(header, card_prefix(record, header))
-                    check_science(name, header, cards)
-                    kind = detect_format(name, hdul)
-                    obs = READERS[kind](name, hdul, cards, instrument, blaze=blaze if kind == "e2ds" else None)
+                obs, instrument_note = _read_fits(name, raw, gzipped, overrides, blaze)
             else:
                 obs = text.read(name, raw, gzipped)
                 if overrides.instrument:
@@ -121,8 +139,9 @@ def read_observation(source: Source, blaze: Source | None = None, resolution: fl
     Args:
         source: the spectrum (FITS or plain text); gzip-compressed content is recognised by its
             magic bytes.
-        blaze: optional blaze file for an old-DRS e2ds (else looked up via ``DRS BLAZE FILE``
-            next to a local file; absent blaze leaves ``blaze_corrected=False``).
+        blaze: optional blaze file for an old-DRS e2ds, or a function of its primary header that
+            returns one or None (the catalogue's lookup in its archive listing); else looked up
+            via ``DRS BLAZE FILE`` next to a local file; absent blaze leaves ``blaze_corrected=False``.
         resolution: resolving power to use whatever the file says (``--resolution``; the same
             as ``overrides.resolution``).
         overrides: what the user says about the spectrum (:class:`Overrides`: instrument,

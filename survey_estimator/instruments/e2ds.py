@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 from astropy.io import fits
@@ -21,16 +23,20 @@ from astropy.io import fits
 from ..layout import wavelength_solution
 from ..observation import Observation, ReadError
 from .blaze import blaze_named, find_blaze
-from .detect import Cards, Source, open_fits
+from .detect import Cards, Source, fits_from_bytes, read_bytes
+from .fastfits import primary_image
 from .metadata import common, old_drs
 from .noise import count_variance
 
 log = logging.getLogger(__name__)
 
+Header = Union[fits.Header, Mapping]
+"""A primary header: astropy's, or the card index of :mod:`.fastfits` (the same lookups)."""
+
 _COEFF = re.compile(r"(?:ESO|TNG) DRS CAL TH COEFF LL(\d+)$")
 
 
-def wavelengths(name: str, header: fits.Header, cards: Cards, shape: tuple[int, int]) -> np.ndarray:
+def wavelengths(name: str, header: Header, cards: Cards, shape: tuple[int, int]) -> np.ndarray:
     """Evaluate the header wavelength solution for an image of ``shape`` (n_orders, n_pixels).
 
     Raises:
@@ -64,27 +70,53 @@ def saturation_level(bits: int = 16, window: float = 17) -> float:
 def read_blaze(source: Source, shape: tuple[int, int]) -> np.ndarray:
     """Blaze image (n_orders, n_pixels), ~1 at peak; NaN where not positive.
 
+    A blaze product holding only its primary image is read without astropy (:func:`.fastfits.primary_image`).
+
     Raises:
         ReadError: unreadable file or a shape that does not match the spectrum.
     """
-    name, hdul = open_fits(source)
-    with hdul:
-        data = hdul[0].data
-        if data is None or data.shape != shape:
-            got = None if data is None else data.shape
-            raise ReadError(name, f"wrong shape: blaze {got} does not match spectrum {shape}")
-        blaze = np.asarray(data, dtype=np.float64)
+    name, raw, gzipped = read_bytes(source)
+    image = primary_image(raw)
+    if image is not None:
+        data = image.data
+    else:
+        name, hdul = fits_from_bytes(name, raw, gzipped)
+        with hdul:
+            data = hdul[0].data
+            data = None if data is None else np.array(data)
+    if data is None or data.shape != shape:
+        got = None if data is None else data.shape
+        raise ReadError(name, f"wrong shape: blaze {got} does not match spectrum {shape}")
+    blaze = np.asarray(data, dtype=np.float64)
     return np.where(blaze > 0, blaze, np.nan)
 
 
-def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: Source | None = None) -> Observation:
-    """Read an old-DRS e2ds file (already opened and checked) into an :class:`Observation`.
+def has_solution(header: Header) -> bool:
+    """Whether a primary header carries the old-DRS wavelength solution (``DRS CAL TH DEG LL``)."""
+    return any(k.endswith("DRS CAL TH DEG LL") for k in header.keys())
+
+
+BlazeArg = Union[Source, Callable[[Header], Optional[Source]], None]
+"""A blaze source, or a function of the primary header that returns one (or None), or None."""
+
+
+def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: BlazeArg = None) -> Observation:
+    """Read an old-DRS e2ds file opened by astropy (and checked): :func:`read_image` of its primary HDU."""
+    return read_image(name, hdul[0].header, hdul[0].data, cards, instrument, blaze)
+
+
+def read_image(name: str, header: Header, data: np.ndarray, cards: Cards, instrument: str, blaze: BlazeArg = None) -> Observation:
+    """Read an old-DRS e2ds (its checked primary header and image) into an :class:`Observation`.
 
     Args:
-        blaze: explicit blaze source; None = look for ``DRS BLAZE FILE`` next to ``name``.
+        header: the primary header: an astropy ``Header`` or a :class:`.fastfits.CardIndex`.
+        data: the image (n_orders, n_pixels), counts.
+        blaze: explicit blaze source, or a function of ``header`` giving one (None: as if none
+            was given); None = look for ``DRS BLAZE FILE`` next to ``name``.
     """
-    header = hdul[0].header
-    flux = np.asarray(hdul[0].data, dtype=np.float64)
+    if callable(blaze):
+        blaze = blaze(header)
+    flux = np.asarray(data, dtype=np.float64)
     if flux.ndim != 2 or flux.shape[1] < 100:
         raise ReadError(name, f"wrong shape: e2ds image {flux.shape} (expected n_orders x 4096)")
     wave = wavelengths(name, header, cards, flux.shape)
