@@ -28,6 +28,24 @@ def _design(n_pixels: int, degree: int, dtype, device) -> torch.Tensor:
     return torch.stack([x**p for p in range(degree + 1)], dim=-1)  # (P, d+1)
 
 
+CHUNK = 16
+"""Spectra normalised at once on a CPU: each step of the fit is a pass over memory, and the orders
+of a few spectra stay in cache between the passes (measured 2-3x faster per spectrum than a whole
+batch of 256 at once; every spectrum is normalised on its own, so the result does not depend on it)."""
+
+
+def _in_chunks(fn, *tensors):
+    """``fn(*tensors)`` over chunks of :data:`CHUNK` spectra on a CPU, outputs concatenated along B
+    (``fn`` returns a tensor or a tuple of tensors); ``None`` arguments are passed through."""
+    B = tensors[0].shape[0]
+    if tensors[0].device.type != "cpu" or B <= CHUNK:
+        return fn(*tensors)
+    parts = [fn(*(t if t is None else t[i : i + CHUNK] for t in tensors)) for i in range(0, B, CHUNK)]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
 def continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int = DEGREE, iterations: int = ITERATIONS) -> torch.Tensor:
     """Upper-envelope polynomial continuum per order.
 
@@ -37,31 +55,35 @@ def continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int = DEGREE, 
     Returns:
         (B, O, P) continuum, same dtype as ``flux``; orders with fewer than 10 usable pixels get 1.
     """
+    return _in_chunks(lambda f, m: _continuum_fit(f, m, degree, iterations), flux, mask)
+
+
+def _continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int, iterations: int) -> torch.Tensor:
     work = torch.float64 if flux.dtype == torch.float64 else torch.float32
-    f = torch.where(mask, flux, torch.zeros((), dtype=flux.dtype, device=flux.device)).to(work)
+    zero = torch.zeros((), dtype=work, device=flux.device)
+    f = torch.where(mask, flux.to(work), zero)
     m = mask.to(work)
     A = _design(flux.shape[-1], degree, work, flux.device)
     # Scale each order by its median so the fit is scale-free (counts or normalised flux alike).
-    scale = torch.nanmedian(torch.where(mask, f, torch.full_like(f, float("nan"))), dim=-1, keepdim=True).values
+    scale = torch.nanmedian(torch.where(mask, f, torch.full((), float("nan"), dtype=work, device=flux.device)),
+                            dim=-1, keepdim=True).values
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
     f = f / scale
-    w = m.clone()
+    w = m
     eye = torch.eye(degree + 1, dtype=work, device=flux.device) * 1e-8
-    fit = torch.ones_like(f)
     # A^T W A as one matmul against the per-pixel outer products (P, (d+1)^2): the 3-operand
     # einsum materialised a (B, O, P, d+1, d+1) intermediate and was ~20x slower at B = 256.
     AA = (A[:, :, None] * A[:, None, :]).reshape(A.shape[0], -1)
+    n = m.sum(-1, keepdim=True)
     for _ in range(iterations):
         AtWA = (w @ AA).reshape(*w.shape[:-1], degree + 1, degree + 1) + eye
         AtWf = (w * f) @ A
         coef = torch.linalg.solve(AtWA, AtWf.unsqueeze(-1)).squeeze(-1)
         fit = coef @ A.T
-        r = (f - fit) * m
-        n = m.sum(-1, keepdim=True).clamp_min(1)
-        sd = torch.sqrt((r**2).sum(-1, keepdim=True) / n).clamp_min(1e-6)
-        w = m * ((r > -LOW_CLIP * sd) & (r < HIGH_CLIP * sd)).to(work)
-    enough = m.sum(-1, keepdim=True) >= 10
-    fit = torch.where(enough & (fit > 1e-3), fit, torch.ones_like(fit))
+        r = torch.where(mask, f - fit, zero)
+        sd = torch.sqrt(r.square().sum(-1, keepdim=True) / n.clamp_min(1)).clamp_min(1e-6)
+        w = (mask & (r > -LOW_CLIP * sd) & (r < HIGH_CLIP * sd)).to(work)
+    fit = torch.where((n >= 10) & (fit > 1e-3), fit, torch.ones((), dtype=work, device=flux.device))
     return (fit * scale).to(flux.dtype)
 
 
@@ -77,8 +99,12 @@ def normalise_orders(flux: torch.Tensor, mask: torch.Tensor, variance: torch.Ten
         removed), and with ``variance`` given a third item: the variance of the normalised flux
         (B, O, P), ``variance / continuum^2``, +inf where masked.
     """
+    return _in_chunks(_normalise, flux, mask, variance)
+
+
+def _normalise(flux: torch.Tensor, mask: torch.Tensor, variance: torch.Tensor | None):
     mask = mask & torch.isfinite(flux)
-    cont = continuum_fit(torch.nan_to_num(flux), mask)
+    cont = _continuum_fit(torch.nan_to_num(flux), mask, DEGREE, ITERATIONS)
     out = torch.nan_to_num(flux) / cont
     mask = mask & torch.isfinite(out)
     out = torch.where(mask, out, torch.ones_like(out))

@@ -84,8 +84,10 @@ def cosmics(counts: torch.Tensor, rate: float, generator=None) -> torch.Tensor:
     if rate <= 0:
         return counts
     hit = torch.rand(counts.shape, generator=generator, device=counts.device) < rate
-    amp = _u(counts.shape, generator, counts.device, 0.5, 3.0).to(counts.dtype)
-    return counts + torch.where(hit, amp * counts.abs(), torch.zeros_like(counts))
+    amp = _u((int(hit.sum()),), generator, counts.device, 0.5, 3.0).to(counts.dtype)  # drawn for the hits only
+    out = counts.clone()
+    out[hit] += amp * counts[hit].abs()
+    return out
 
 
 def continuum_counts_for_snr(snr: torch.Tensor, read_noise: float = 0.0) -> torch.Tensor:

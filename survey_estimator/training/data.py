@@ -18,14 +18,17 @@ def sampler_config(cfg: TrainConfig, device: torch.device | str = "cpu") -> Samp
 
 
 class WorkerSampler:
-    """A :class:`Sampler` with this worker's generator; ``split`` accepts 'validation' for 'val'."""
+    """A :class:`Sampler` with this worker's generator; ``split`` accepts 'validation' for 'val'.
+    ``clean``: draw the DAE target too (only a run with a DAE needs it; it doubles the
+    normalisation's cost)."""
 
-    def __init__(self, sampler: Sampler, seed: int):
+    def __init__(self, sampler: Sampler, seed: int, clean: bool = True):
         self.sampler = sampler
+        self.clean = clean
         self.generator = torch.Generator(device=sampler.device).manual_seed(int(seed))
 
     def sample(self, batch_size: int, split: str = "train") -> Batch:
-        return self.sampler.sample(batch_size, split=SPLIT_NAMES[split], generator=self.generator)
+        return self.sampler.sample(batch_size, split=SPLIT_NAMES[split], generator=self.generator, clean=self.clean)
 
     @contextlib.contextmanager
     def fixed_seed(self, seed: int):
@@ -40,4 +43,4 @@ class WorkerSampler:
 
 def make_sampler(cfg: TrainConfig, device: torch.device, seed: int) -> WorkerSampler:
     """Load the grid onto ``device`` and wrap it with a generator seeded by ``seed``."""
-    return WorkerSampler(Sampler(cfg.grid, sampler_config(cfg, device)), seed)
+    return WorkerSampler(Sampler(cfg.grid, sampler_config(cfg, device)), seed, clean=cfg.trains_dae)
