@@ -30,7 +30,7 @@ def _bool_or_auto(value: str) -> bool | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..training.config import TrainConfig
+    from ..training.config import MODELS, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
 
@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a DAE-only run logs its checkpoint but registers no bundle (a bundle needs an estimator)")
     g.add_argument("--dae", dest="task", action="store_const", const="both", help="shorthand for --task both")
     g.add_argument("--no-dae", dest="task", action="store_const", const="estimator", help="shorthand for --task estimator")
-    g.add_argument("--model", choices=("resnet", "attention"), default=default("model"))
+    g.add_argument("--model", choices=MODELS, default=default("model"),
+                   help="estimator: the seed's resnet or attention net, or patch (cheap on a CPU)")
     g.add_argument("--head", choices=("diag", "full"), default="diag", help="diagonal or full covariance")
     g.add_argument("--preset", choices=("seed", "tiny"), default=default("preset"), help="network sizes")
     g.add_argument("--model-config", type=json.loads, default={}, metavar="JSON",

@@ -7,6 +7,7 @@ normalised labels; the DAE maps it to the clean flux channel (B, 1, 8, 4096).
 from .attention import AttentionConfig, AttentionEstimator
 from .bundle import BundleError, Manifest, ModelBundle, Prediction
 from .dae import DAEConfig, DenoisingAutoencoder, dae_loss
+from .patch import PatchConfig, PatchEstimator
 from .heads import GaussianOutput, PhysicalGaussian, combine_gaussians, gaussian_nll, to_physical
 from .registry import ARCHITECTURES, ModelConfigError, build_model, config_from_dict, config_to_dict, describe
 from .resnet import ResNetConfig, ResNetEstimator
@@ -22,6 +23,8 @@ __all__ = [
     "Manifest",
     "ModelBundle",
     "ModelConfigError",
+    "PatchConfig",
+    "PatchEstimator",
     "PhysicalGaussian",
     "Prediction",
     "ResNetConfig",

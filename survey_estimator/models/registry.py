@@ -1,7 +1,7 @@
 """Build a network from (architecture name, config dict): how a bundle rebuilds its models from JSON.
 
-Names: "resnet" (:class:`ResNetEstimator`), "attention" (:class:`AttentionEstimator`),
-"dae" (:class:`DenoisingAutoencoder`). Config dicts are the dataclass fields; JSON lists become
+Names: "resnet" (:class:`ResNetEstimator`), "attention" (:class:`AttentionEstimator`), "patch"
+(:class:`PatchEstimator`, the CPU-cheap variant), "dae" (:class:`DenoisingAutoencoder`). Config dicts are the dataclass fields; JSON lists become
 tuples again; unknown fields are refused.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import AttentionConfig, AttentionEstimator
 from .dae import DAEConfig, DenoisingAutoencoder
+from .patch import PatchConfig, PatchEstimator
 from .resnet import ResNetConfig, ResNetEstimator
 
 
@@ -32,6 +33,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture("resnet", ResNetConfig, ResNetEstimator, True),
         Architecture("attention", AttentionConfig, AttentionEstimator, True),
+        Architecture("patch", PatchConfig, PatchEstimator, True),
         Architecture("dae", DAEConfig, DenoisingAutoencoder, False),
     )
 }
