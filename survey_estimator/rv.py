@@ -121,13 +121,16 @@ def ccf(wave: np.ndarray, flux: np.ndarray, mask: np.ndarray | None = None, conf
         if u[keep].sum() < 50:
             continue
         w, f, u = w[keep], f[keep], u[keep]
+        # only lines the segment covers over the whole velocity range
+        covered = np.flatnonzero((lines[:, 0] * factors[0] >= w[0]) & (lines[:, 0] * factors[-1] <= w[-1]))
+        if covered.size == 0:
+            continue
         depth = _flatten(w, f, u, cfg)
-        for i, (lam, d) in enumerate(lines):
-            pos = lam * factors
-            if pos[0] < w[0] or pos[-1] > w[-1]:
-                continue  # only lines the segment covers over the whole velocity range
-            total += d * np.interp(pos, w, depth)
-            weight[i] += d
+        pos = lines[covered, 0, None] * factors  # (n_covered, n_v)
+        values = lines[covered, 1, None] * np.interp(pos, w, depth)
+        for i, row in zip(covered, values):  # summed line by line, in template order
+            total += row
+            weight[i] += lines[i, 1]
     n_lines = int((weight > 0).sum())
     norm = weight.sum()
     return v, (total / norm if norm > 0 else total), n_lines
