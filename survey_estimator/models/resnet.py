@@ -39,8 +39,6 @@ class ResNetConfig:
     kernel: int = 7
     stem_width: int = 16
     stem_stride: int = 2
-    stem_kernel: int | None = None
-    """Kernel of the stem convolution (odd; None: ``kernel``)."""
     stem_pool: int = 2
     """(1 x stem_pool) max pooling after the stem convolution (1 = none)."""
     widths: tuple[int, ...] = (16, 32, 32, 64, 64)
@@ -100,7 +98,7 @@ class ResNetEstimator(nn.Module):
         super().__init__()
         c = self.config = config
         self.head_kind = c.head
-        stem: list[nn.Module] = [ConvNormAct(INPUT_CHANNELS, c.stem_width, c.stem_kernel or c.kernel, c.stem_stride, c.norm)]
+        stem: list[nn.Module] = [ConvNormAct(INPUT_CHANNELS, c.stem_width, c.kernel, c.stem_stride, c.norm)]
         if c.stem_pool > 1:
             stem.append(nn.MaxPool2d((1, c.stem_pool)))
         self.stem = nn.Sequential(*stem)
