@@ -111,9 +111,10 @@ def read_loop(files, blaze) -> None:
     import torch
 
     from survey_estimator.catalogue.read import ReadOptions, read_one
+    from survey_estimator.catalogue.status import code_version
 
     torch.set_num_threads(1)
-    opts = ReadOptions(blaze=blaze)
+    opts = ReadOptions(blaze=blaze, code=code_version())  # as the pipeline does: hashed once, not per file
     for f in files:
         assert read_one(f.as_dict(), opts)["status"] == "ok"
 
@@ -127,10 +128,11 @@ def read_ceiling(files, blaze) -> int:
 
     from survey_estimator.catalogue.pipeline import CatalogueConfig, read_plan
     from survey_estimator.catalogue.read import ReadOptions, read_batch
+    from survey_estimator.catalogue.status import code_version
 
     per_task, cpus = read_plan(len(files), ray.cluster_resources().get("CPU", 1.0), CatalogueConfig(archive="", out=""))
     ds = ray.data.from_items([f.as_dict() for f in files], override_num_blocks=max(1, math.ceil(len(files) / per_task)))
-    ds = ds.map_batches(read_batch, fn_kwargs={"opts": ReadOptions(blaze=blaze)}, batch_size=None, batch_format="numpy", num_cpus=cpus)
+    ds = ds.map_batches(read_batch, fn_kwargs={"opts": ReadOptions(blaze=blaze, code=code_version())}, batch_size=None, batch_format="numpy", num_cpus=cpus)
     return sum(len(b["status"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
 
 
