@@ -197,16 +197,19 @@ def test_read_moog_names_molecules_and_scales_isotopologues(tmp_path):
 
 
 # -- one real PySME node ---------------------------------------------------------------------------------
+def _tiny_sources(folder):
+    """The real 5750/4.5/0.0 deck and the tiny atomic and molecular lists, prepared as user sources."""
+    atm, ges, mol = folder / "atm.txt", folder / "ges.txt", folder / "mol.txt"
+    atm.write_text(_real_deck())
+    ges.write_text(GES_TEXT)
+    mol.write_text(MOOG_TEXT)
+    return sources.prepare_sources(str(atm), str(ges), [str(mol)], molecules=True)
+
+
 def test_pysme_synthesises_one_node_from_user_sources(cache, tmp_path):
     """Real PySME (offline) on a tiny list: lines absorb where they are, continuum ~1, molecules
     add absorption, a node without a model is MissingAtmosphere, provenance has the sha256."""
-    atm = tmp_path / "atm.txt"
-    atm.write_text(_real_deck())
-    ges = tmp_path / "ges.txt"
-    ges.write_text(GES_TEXT)
-    mol = tmp_path / "mol.txt"
-    mol.write_text(MOOG_TEXT)
-    files = sources.prepare_sources(str(atm), str(ges), [str(mol)], molecules=True)
+    files = _tiny_sources(tmp_path)
     backend = make_backend(BackendConfig(name="pysme", vmic_kms=1.0, molecules=True, sources=files))
     flux = backend.synthesize(5750, 4.5, 0.0)
     w = backend.wave
@@ -253,13 +256,7 @@ def test_fast_settings_reproduce_the_reference_on_a_tiny_list(cache, tmp_path):
     """Real PySME: the cheaper settings on the tiny list agree with SME's defaults to <= 0.2 % rms."""
     from dataclasses import replace
 
-    atm = tmp_path / "atm.txt"
-    atm.write_text(_real_deck())
-    ges = tmp_path / "ges.txt"
-    ges.write_text(GES_TEXT)
-    mol = tmp_path / "mol.txt"
-    mol.write_text(MOOG_TEXT)
-    files = sources.prepare_sources(str(atm), str(ges), [str(mol)], molecules=True)
+    files = _tiny_sources(tmp_path)
     base = BackendConfig(name="pysme", sources=files, synthesis=REFERENCE_SETTINGS)
     ref = make_backend(base).synthesize(5750, 4.5, 0.0).astype(float)
     fast = make_backend(replace(base, synthesis=FAST_SETTINGS)).synthesize(5750, 4.5, 0.0).astype(float)
