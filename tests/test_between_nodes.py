@@ -93,6 +93,8 @@ def test_truth_renderer_at_a_node_equals_the_forward_model(tiny_grid):
     ref = model.spectra(torch.as_tensor(labels), rv).double()
     assert float((got - ref).abs().max()) < 2e-3  # the table's two resamplings vs one
     assert float((got - ref).pow(2).mean().sqrt()) < 2e-4
+    twice = truth.rows(np.array([0, 0])).spectra(torch.as_tensor(labels).repeat(2, 1), rv.repeat(2)).double()
+    assert twice.shape == (2, *got.shape[1:]) and torch.equal(twice[0], twice[1]) and torch.allclose(twice[0], got[0])
     # and the labels drawn for the test are inside cells, never on a node
     lab = draw_labels(model, BetweenNodesConfig(n=20, seed=1))
     assert bool(model.inside(torch.as_tensor(lab)).all())

@@ -118,11 +118,13 @@ class SynthesisedSpectra:
 
         step = C_KMS * float(np.mean(np.diff(np.log(wave))))
         self.flux = broaden(torch.as_tensor(flux), labels, torch.as_tensor(labels[:, 3]), step, model.config)
+        """(n, L) the broadened fine-grid spectra."""
         self.resampler = LayoutResampler(wave)
 
-    def subset(self, start: int, n: int) -> "SynthesisedSpectra":
+    def rows(self, index) -> "SynthesisedSpectra":
+        """The spectra ``index`` (slice or integer array) of this set, without broadening again."""
         out = object.__new__(SynthesisedSpectra)
-        out.flux, out.resampler = self.flux[start : start + n], self.resampler
+        out.flux, out.resampler = self.flux[index], self.resampler
         return out
 
     def spectra(self, labels: torch.Tensor, rv: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -210,7 +212,7 @@ def evaluate_between_nodes(bundle, sampler, cfg, calibration: np.ndarray, bcfg: 
     log.info("between nodes, noiseless fit error rms %s", np.round(np.sqrt(np.mean(noiseless**2, axis=0)), 4))
     g = torch.Generator(device=sampler.device).manual_seed(bcfg.seed)
     reps = np.repeat(labels, bcfg.realisations, axis=0)
-    rep_truth = SynthesisedSpectra(np.repeat(flux, bcfg.realisations, axis=0), reps, wave, model)
+    rep_truth = truth.rows(np.repeat(np.arange(len(labels)), bcfg.realisations))
     fits = {f"S/N {snr:g}": fit_set(bundle, sampler, snr, cfg, calibration, g, labels=torch.as_tensor(reps, dtype=torch.float32),
                                     model=rep_truth) for snr in bcfg.snrs}
     return BetweenNodesReport(labels, noiseless, fits)

@@ -257,7 +257,7 @@ def fit_set(bundle, sampler: Sampler, snr: float, cfg: EvalConfig, calibration: 
             these = torch.as_tensor(labels[got : got + batch], device=sampler.device)
         r0, r1 = sampler.config.rv_range
         rv = r0 + (r1 - r0) * torch.rand(len(these), generator=generator, device=sampler.device)
-        b = sampler.render(these, snr=snr, rv=rv, generator=generator, model=None if model is None else model.subset(got, len(these)))
+        b = sampler.render(these, snr=snr, rv=rv, generator=generator, model=None if model is None else model.rows(slice(got, got + len(these))))
         pred = bundle.predict(b.x, use_dae=cfg.use_dae, batch_size=cfg.batch_size)
         t0 = time.perf_counter()
         res = fit_spectra(fitter, (b.x[:, 0] + 1).cpu().numpy(), b.variance.cpu().numpy(), b.mask.cpu().numpy(),
