@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=12345, help="random stream of the test spectra")
     p.add_argument("--fit-n", type=int, default=200, help="spectra per S/N also fitted by the likelihood fit and scored "
                    "against the Cramer-Rao bound (0: the network alone)")
+    p.add_argument("--fit-calibration-out", default=None, metavar="FILE",
+                   help="calibrate the fit's statistical sigmas by S/N on this run's fits (--fit-n per --snr) and write "
+                        "the record (JSON; ship it as survey_estimator/data/grids/<grid id>.calibration.json)")
     p.add_argument("--between-nodes", type=int, default=0, metavar="N",
                    help="also fit N spectra synthesised directly with PySME at labels between the grid nodes "
                         "(~10 CPU-s each, cached; needs --grid of the default PySME physics)")
@@ -57,6 +60,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for figures, report.md, scores.json")
     p.add_argument("--log", action="store_true", help="log the evaluation as an MLflow run")
     p.add_argument("--experiment", default="survey-estimator-evaluation", help="MLflow experiment for --log")
+
+
+def _write_fit_calibration(report, args, grid_id: str):
+    """Fit :class:`~survey_estimator.fit.calibration.SigmaCalibration` on the report's fits, write it."""
+    import datetime
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..fit.calibration import SigmaCalibration
+    from ..forward import FORWARD_VERSION
+
+    fits = list(report.fits.values())
+    cat = {k: np.concatenate([getattr(f, k) for f in fits]) for k in ("true", "mean", "sigma_stat", "snr")}
+    nodes = [float(np.median(f.snr)) for f in fits]
+    cal = SigmaCalibration.fit(cat["mean"] - cat["true"], cat["sigma_stat"], cat["snr"], nodes=nodes,
+                               min_n=min(100, min(len(f.snr) for f in fits)))
+    path = Path(args.fit_calibration_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cal.write(path, grid_id=grid_id, forward=FORWARD_VERSION, seed=args.seed, nominal_snr=list(args.snr),
+              what="68.27 % quantile of |fit - truth| / raw inverse-Fisher sigma per label, per S/N bin, on held-out "
+                   "spectra drawn inside the grid's cells (evaluate --fit-n)",
+              command=f"survey-estimator evaluate --grid {args.grid} --snr {' '.join(f'{s:g}' for s in args.snr)} "
+                      f"--fit-n {args.fit_n} --seed {args.seed} --fit-calibration-out FILE",
+              measured=datetime.date.today().isoformat())
+    print(f"\nfit sigma calibration written to {path}: " + "; ".join(
+        f"S/N {s:.0f}: " + " ".join(f"{v:.3f}" for v in sc) for s, sc in zip(cal.snr, cal.scale)))
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"## {title}\n\n{report.markdown()}")
         files = report.write(out)
         metrics = report.flat_metrics()
+        if args.fit_calibration_out and report.fits:
+            files.append(_write_fit_calibration(report, args, sampler.grid_id))
         if args.between_nodes > 0:
             from ..evaluation.between_nodes import BetweenNodesConfig, evaluate_between_nodes
 

@@ -88,7 +88,11 @@ class FitSet:
     sigma: np.ndarray
     """(n, 4) the fit's sigmas as the catalogue reports them (statistical + grid interpolation error)."""
     sigma_stat: np.ndarray
-    """(n, 4) the statistical (inverse-Fisher) sigmas alone."""
+    """(n, 4) the raw statistical (inverse-Fisher) sigmas alone."""
+    sigma_cal: np.ndarray
+    """(n, 4) the statistical sigmas calibrated by S/N (:mod:`survey_estimator.fit.calibration`)."""
+    snr: np.ndarray
+    """(n,) each spectrum's measured S/N (median per usable pixel)."""
     bound: np.ndarray
     chi2_red: np.ndarray
     flags: np.ndarray
@@ -110,6 +114,9 @@ class EvaluationReport:
     bounds: dict[str, "BoundScores"] = field(default_factory=dict)
     """'S/N 20, network' / 'S/N 20, fit' -> errors against the bound."""
     fit_scores: dict[str, Scores] = field(default_factory=dict)
+    """'S/N 20, fit' -> the fit's scores with its raw statistical sigmas."""
+    fit_scores_cal: dict[str, Scores] = field(default_factory=dict)
+    """'S/N 20, fit' -> the same with the S/N-calibrated statistical sigmas."""
     attention: dict | None = None
     """{"wave": (8, 4096), "flux": (8, 4096), "maps": (3, 8, 4096), "labels": (4,)} for attention nets."""
 
@@ -128,6 +135,8 @@ class EvaluationReport:
                       "### Within 1 / 2 sigma, the fit's statistical (inverse-Fisher) sigmas; the test spectra share the "
                       "fit's interpolation, so the grid's interpolation error that the catalogue's sigmas add is left out",
                       coverage_table(self.fit_scores),
+                      "### Within 1 / 2 sigma, the fit's statistical sigmas calibrated by S/N on held-out spectra "
+                      "(`FitResult.cov_cal`; docs/fit.md)", coverage_table(self.fit_scores_cal),
                       f"Fit wall time per spectrum (this process): {speed}."]
         return "\n\n".join(parts)
 
@@ -144,6 +153,8 @@ class EvaluationReport:
             out.update({f"{_slug(key)}/rms_over_bound_{n}": float(v) for n, v in zip(LABEL_NAMES, b.rms_over_bound)})
         for key, sc in self.fit_scores.items():
             out.update(sc.flat(f"{_slug(key)}_fit/"))
+        for key, sc in self.fit_scores_cal.items():
+            out.update({f"{k}_cal": v for k, v in sc.flat(f"{_slug(key)}_fit/").items() if "within" in k})
         if self.sigma_limit is not None:
             out.update({f"sigma_limit/{n}": float(v) for n, v in zip(LABEL_NAMES, self.sigma_limit)})
         return out
@@ -171,14 +182,15 @@ class EvaluationReport:
         (out / "report.md").write_text(self.markdown() + "\n")
         for key, f in self.fits.items():
             np.savez_compressed(out / f"fit_{_slug(key)}.npz", true=f.true, network=f.network, mean=f.mean, sigma=f.sigma,
-                                sigma_stat=f.sigma_stat, bound=f.bound, chi2_red=f.chi2_red, flags=f.flags)
+                                sigma_stat=f.sigma_stat, sigma_cal=f.sigma_cal, snr=f.snr, bound=f.bound, chi2_red=f.chi2_red, flags=f.flags)
             files.append(out / f"fit_{_slug(key)}.npz")
             files.append(plots.residual_plot(f.true, f.mean, out / f"residuals_fit_{_slug(key)}.png", title=f"fit residuals, {key}"))
         scores = {"calibration": dict(zip(LABEL_NAMES, self.calibration.tolist())), "calibration_source": self.calibration_source,
                   "raw": {k: s.to_dict() for k, s in self.raw.items()},
                   "calibrated": {k: s.to_dict() for k, s in self.calibrated.items()},
                   "bound": {k: s.to_dict() for k, s in self.bounds.items()},
-                  "fit": {k: s.to_dict() for k, s in self.fit_scores.items()}}
+                  "fit": {k: s.to_dict() for k, s in self.fit_scores.items()},
+                  "fit_calibrated": {k: s.to_dict() for k, s in self.fit_scores_cal.items()}}
         (out / "scores.json").write_text(json.dumps(scores, indent=1))
         files += [out / "report.md", out / "scores.json"]
         return files
@@ -245,7 +257,7 @@ def fit_set(bundle, sampler: Sampler, snr: float, cfg: EvalConfig, calibration: 
     fitter = Fitter(sampler.forward)
     lo, hi = cfg.teff_range or (-np.inf, np.inf)
     total = cfg.fit_n if labels is None else len(labels)
-    out: dict[str, list] = {k: [] for k in ("true", "network", "mean", "sigma", "sigma_stat", "bound", "chi2", "flags")}
+    out: dict[str, list] = {k: [] for k in ("true", "network", "mean", "sigma", "sigma_stat", "sigma_cal", "snr", "bound", "chi2", "flags")}
     seconds, got = 0.0, 0
     while got < total:
         if labels is None:
@@ -270,12 +282,14 @@ def fit_set(bundle, sampler: Sampler, snr: float, cfg: EvalConfig, calibration: 
         out["mean"].append(res.labels)
         out["sigma"].append(res.sigma)
         out["sigma_stat"].append(res.sigma_stat)
+        out["sigma_cal"].append(res.sigma_cal)
+        out["snr"].append(res.snr)
         out["chi2"].append(res.chi2_red)
         out["flags"].append(res.flags)
         got += len(these)
     cat = {k: np.concatenate(v) for k, v in out.items()}
-    return FitSet(cat["true"], cat["network"], cat["mean"], cat["sigma"], cat["sigma_stat"], cat["bound"], cat["chi2"], cat["flags"],
-                  seconds / got)
+    return FitSet(cat["true"], cat["network"], cat["mean"], cat["sigma"], cat["sigma_stat"], cat["sigma_cal"], cat["snr"],
+                  cat["bound"], cat["chi2"], cat["flags"], seconds / got)
 
 
 def attention_example(bundle, sampler: Sampler, split: str, snr: float, generator: torch.Generator) -> dict | None:
@@ -329,6 +343,7 @@ def evaluate_bundle(bundle, grid, cfg: EvalConfig, device: str | torch.device | 
             # the test spectra come from the fit's own forward model (no interpolation error):
             # the statistical sigmas are the ones under test
             report.fit_scores[f"{key}, fit"] = score(f.true, f.mean, f.sigma_stat)
+            report.fit_scores_cal[f"{key}, fit"] = score(f.true, f.mean, f.sigma_cal)
             log.info("%s: fit RMS / bound %s in %.0f ms per spectrum", key,
                      np.round(report.bounds[f"{key}, fit"].rms_over_bound, 2), 1e3 * f.seconds_per_spectrum)
     report.attention = attention_example(bundle, sampler, cfg.split, cfg.snrs[0], g)

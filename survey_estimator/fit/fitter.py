@@ -19,9 +19,11 @@ For each spectrum (:func:`fit_spectra`):
 4. covariance: the inverse Fisher matrix at the optimum (continuum and RV marginalised); where a
    model error was needed, multiplied by the correlation length of the whitened residuals
    (:func:`correlation_length`), since model errors are correlated over a line width. That is
-   ``cov_stat``; ``cov`` adds the grid's measured interpolation error in quadrature (calibrated
-   on PySME spectra synthesised between the nodes, :func:`.grid.interpolation_error`): the
-   multilinear grid cannot do better than that, whatever the S/N.
+   ``cov_stat`` (raw); ``cov_cal`` scales it per label by factors calibrated on held-out spectra
+   as a function of S/N (:mod:`.calibration`); ``cov`` adds to that the grid's measured
+   interpolation error in quadrature (calibrated on PySME spectra synthesised between the nodes,
+   :func:`.grid.interpolation_error`): the multilinear grid cannot do better than that, whatever
+   the S/N.
 
 Flags (:class:`FitFlag`): FIT_FAILED (non-finite or singular), POOR_FIT (eps above
 ``poor_fit_model_error``: the star is not like the grid), AT_GRID_EDGE (Teff, log g or [M/H] ends
@@ -39,6 +41,7 @@ import torch
 
 from ..forward import ForwardModel
 from . import continuum, likelihood
+from .calibration import SigmaCalibration, shipped_calibration
 from .likelihood import N_THETA, THETA_SCALE
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,10 @@ class FitConfig:
     interpolation_error: tuple[float, float, float, float] | None = None
     """1-sigma per label added in quadrature to the covariance; None: the grid's own record
     (:func:`.grid.interpolation_error`), or none when it has no record."""
+    calibrate: bool = True
+    """Scale the statistical covariance by the S/N-dependent factors of ``calibration``."""
+    calibration: SigmaCalibration | None = None
+    """None: the record shipped for the grid (:func:`.calibration.shipped_calibration`), if any."""
 
 
 @dataclass
@@ -109,10 +116,13 @@ class FitResult:
 
     Attributes:
         labels: (B, 4) Teff K, log g, [M/H] dex, v sin i km/s.
-        cov: (B, 4, 4) covariance of the labels: ``cov_stat`` plus the grid's interpolation error
+        cov: (B, 4, 4) covariance of the labels: ``cov_cal`` plus the grid's interpolation error
             (diagonal, in quadrature).
-        cov_stat: (B, 4, 4) the statistical covariance (inverse Fisher, continuum and RV
+        cov_stat: (B, 4, 4) the raw statistical covariance (inverse Fisher, continuum and RV
             marginalised, times the correlation length where a model error was needed).
+        cov_cal: (B, 4, 4) ``cov_stat`` with each label's sigma scaled by the factor calibrated on
+            held-out spectra at the spectrum's S/N (equal to ``cov_stat`` without a calibration).
+        snr: (B,) median S/N per usable pixel of the normalised spectrum.
         rv: (B,) km/s RV residual; rv_sigma (B,).
         chi2_red: (B,) reduced chi^2 with the noise alone (1 for a spectrum the model describes).
         model_error: (B,) relative model error used in the likelihood (0 when none was needed).
@@ -125,6 +135,8 @@ class FitResult:
     labels: np.ndarray
     cov: np.ndarray
     cov_stat: np.ndarray
+    cov_cal: np.ndarray
+    snr: np.ndarray
     rv: np.ndarray
     rv_sigma: np.ndarray
     chi2_red: np.ndarray
@@ -143,8 +155,13 @@ class FitResult:
 
     @property
     def sigma_stat(self) -> np.ndarray:
-        """(B, 4) statistical 1-sigma (without the interpolation error)."""
+        """(B, 4) raw statistical 1-sigma (inverse Fisher, without the interpolation error)."""
         return np.sqrt(np.clip(np.diagonal(self.cov_stat, axis1=1, axis2=2), 0, None))
+
+    @property
+    def sigma_cal(self) -> np.ndarray:
+        """(B, 4) calibrated statistical 1-sigma (without the interpolation error)."""
+        return np.sqrt(np.clip(np.diagonal(self.cov_cal, axis1=1, axis2=2), 0, None))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -179,6 +196,11 @@ class Fitter:
             log.info("grid %s has no measured interpolation error: the fit's sigmas are statistical only", model.grid_id)
         self.interpolation_error = np.zeros(4) if floor is None else floor
         """(4,) 1-sigma per label added in quadrature to ``cov`` (see :class:`FitResult`)."""
+        calibration = self.config.calibration or shipped_calibration(model.grid_id)
+        if self.config.calibrate and calibration is None:
+            log.info("grid %s has no sigma calibration: the fit's statistical sigmas are raw", model.grid_id)
+        self.calibration = calibration if self.config.calibrate else None
+        """The :class:`SigmaCalibration` applied to ``cov_stat`` (None: raw)."""
 
     # -- one pass of Levenberg-Marquardt ---------------------------------------------------------
     def _evaluate(self, theta, y, w, resolution) -> _State:
@@ -321,10 +343,15 @@ class Fitter:
             cov5 = cov5 * corr[:, None, None]
         flags = self._flags(st.theta, cov5, eps)
         cov_stat = cov5[:, :4, :4].cpu().numpy()
+        snr = snr.cpu().numpy()
+        factor = np.ones((B, 4)) if self.calibration is None else self.calibration.at(snr)
+        cov_cal = cov_stat * factor[:, :, None] * factor[:, None, :]
         return FitResult(
             labels=st.theta[:, :4].cpu().numpy(),
-            cov=cov_stat + np.diag(self.interpolation_error**2)[None],
+            cov=cov_cal + np.diag(self.interpolation_error**2)[None],
             cov_stat=cov_stat,
+            cov_cal=cov_cal,
+            snr=snr,
             rv=st.theta[:, 4].cpu().numpy(),
             rv_sigma=torch.sqrt(cov5[:, 4, 4]).cpu().numpy(),
             chi2_red=chi2_red.cpu().numpy(),

@@ -1,0 +1,122 @@
+"""Calibration of the fit's statistical sigmas on held-out spectra, as a function of S/N.
+
+The inverse Fisher matrix at the optimum is the fit's raw covariance (``FitResult.cov_stat``). On
+held-out spectra its 1-sigma intervals hold 67-72 % of the truths depending on label and S/N
+(docs/model-card.md): near the bound but not exactly (the continuum's 120 coefficients and the
+model-based variance below S/N 40 make the Gaussian approximation a little off). A
+:class:`SigmaCalibration` holds, per label and per S/N node, the factor ``s`` that makes the
+68.27 % quantile of ``|error| / (s * sigma_stat)`` equal to 1 on a calibration set, and
+interpolates it linearly in log S/N (constant beyond the outer nodes). The fit applies it to
+``cov_stat`` (``cov = S cov_stat S`` plus the interpolation error), and keeps the raw matrix.
+
+Fitted by ``survey-estimator evaluate --fit-calibration-out FILE`` on spectra of one seed and
+checked on another (the model card); shipped for the packed grid as
+``survey_estimator/data/grids/<grid_id>.calibration.json``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..labels import LABEL_NAMES
+
+ONE_SIGMA = 0.6826894921370859
+"""Probability mass of a Gaussian within 1 sigma."""
+
+
+def measured_snr(y: np.ndarray, var: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B,) median S/N per usable pixel of normalised spectra.
+
+    Args:
+        y: (B, O, P) normalised flux.
+        var: (B, O, P) its variance.
+        mask: (B, O, P) 1 where the pixel is usable.
+    """
+    y, var, mask = (np.asarray(a, dtype=np.float64) for a in (y, var, mask))
+    ok = (mask > 0) & (var > 0) & np.isfinite(y) & np.isfinite(var)
+    ratio = np.where(ok, y / np.sqrt(np.where(ok, var, 1.0)), np.nan).reshape(len(y), -1)
+    with np.errstate(all="ignore"):
+        snr = np.nanmedian(ratio, axis=1) if ratio.size else np.full(len(y), np.nan)
+    return np.where(np.isfinite(snr), snr, np.nan)
+
+
+@dataclass(frozen=True)
+class SigmaCalibration:
+    """Factors on the statistical sigmas by S/N.
+
+    Attributes:
+        snr: (K,) increasing S/N nodes (the measured S/N of :func:`measured_snr`).
+        scale: (K, 4) factor per node and label (Teff, log g, [M/H], v sin i).
+        n: (K,) spectra each node was fitted on.
+    """
+
+    snr: tuple[float, ...]
+    scale: tuple[tuple[float, ...], ...]
+    n: tuple[int, ...]
+
+    def at(self, snr) -> np.ndarray:
+        """(B, 4) factors at the S/N values ``snr`` (B,); NaN or non-positive S/N gets the
+        factors of the lowest node (the conservative end)."""
+        snr = np.atleast_1d(np.asarray(snr, dtype=np.float64))
+        nodes = np.log(np.asarray(self.snr))
+        scale = np.asarray(self.scale, dtype=np.float64)
+        x = np.log(np.where(np.isfinite(snr) & (snr > 0), snr, self.snr[0]))
+        return np.stack([np.interp(x, nodes, scale[:, k]) for k in range(scale.shape[1])], axis=1)
+
+    @classmethod
+    def fit(cls, errors: np.ndarray, sigma: np.ndarray, snr: np.ndarray, nodes=None, min_n: int = 100) -> "SigmaCalibration":
+        """Calibrate on held-out fits.
+
+        Args:
+            errors: (N, 4) fitted minus true labels.
+            sigma: (N, 4) the fits' statistical sigmas (``FitResult.sigma_stat``).
+            snr: (N,) each spectrum's measured S/N.
+            nodes: S/N bins' edges are the geometric midpoints between these nodes (default: the
+                distinct nominal S/N values are not known here, so 5 log-spaced quantile bins).
+            min_n: fewest spectra a node may hold.
+        """
+        errors, sigma, snr = (np.asarray(a, dtype=np.float64) for a in (errors, sigma, snr))
+        good = np.isfinite(errors).all(1) & np.isfinite(sigma).all(1) & (sigma > 0).all(1) & np.isfinite(snr)
+        errors, sigma, snr = errors[good], sigma[good], snr[good]
+        if nodes is None:
+            nodes = np.exp(np.quantile(np.log(snr), np.linspace(0.1, 0.9, 5)))
+        nodes = np.sort(np.asarray(nodes, dtype=np.float64))
+        edges = np.sqrt(nodes[1:] * nodes[:-1])
+        which = np.searchsorted(edges, snr)
+        keep_snr, keep_scale, keep_n = [], [], []
+        for k in range(len(nodes)):
+            sel = which == k
+            if sel.sum() < min_n:
+                continue
+            z = np.abs(errors[sel]) / sigma[sel]
+            keep_snr.append(float(np.exp(np.median(np.log(snr[sel])))))
+            keep_scale.append(tuple(float(v) for v in np.quantile(z, ONE_SIGMA, axis=0)))
+            keep_n.append(int(sel.sum()))
+        if not keep_snr:
+            raise ValueError(f"no S/N bin holds {min_n} spectra ({len(snr)} usable)")
+        return cls(tuple(keep_snr), tuple(keep_scale), tuple(keep_n))
+
+    def to_dict(self) -> dict:
+        return {"snr": list(self.snr), "labels": list(LABEL_NAMES),
+                "scale": [dict(zip(LABEL_NAMES, s)) for s in self.scale], "n": list(self.n)}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "SigmaCalibration":
+        scale = tuple(tuple(float(s[n]) for n in LABEL_NAMES) for s in record["scale"])
+        return cls(tuple(float(v) for v in record["snr"]), scale, tuple(int(v) for v in record["n"]))
+
+    def write(self, path: str | Path, **provenance) -> None:
+        """Write as JSON with free-form provenance (command, date, forward model...)."""
+        Path(path).write_text(json.dumps({**self.to_dict(), **provenance}, indent=1) + "\n")
+
+
+def shipped_calibration(grid_id: str) -> SigmaCalibration | None:
+    """The calibration shipped for ``grid_id`` (``data/grids/<grid_id>.calibration.json``), or None."""
+    path = resources.files("survey_estimator.data").joinpath("grids").joinpath(f"{grid_id}.calibration.json")
+    if not path.is_file():
+        return None
+    return SigmaCalibration.from_dict(json.loads(path.read_text()))
