@@ -242,3 +242,19 @@ def test_parity_simulated_file_read_and_built_equals_the_forward_model(tiny_grid
     # linear resampling (twice in simulate + read, never in the model) broadened the lines by a
     # sub-pixel-phase-dependent 0.2-0.5 px and biased v sin i by +0.06 km/s; Keys cubic does not
     assert np.all(np.abs(res.labels[0] - truth) < [2.0, 0.005, 0.002, 0.01]), res.labels[0] - truth
+
+
+def test_continuum_gram_from_legendre_moments_equals_the_direct_products():
+    """The moment route of ``continuum.gram`` (Legendre linearisation) gives the float64 sums of
+    the direct products, and any other basis still takes the direct route."""
+    from survey_estimator.fit import continuum
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(3, 2, 500, generator=g, dtype=torch.float64) * 100
+    for basis in (continuum.design(500, 14, dtype=torch.float64),
+                  torch.rand(4, 500, generator=g, dtype=torch.float64)):  # not Legendre: direct products
+        D = basis.shape[0]
+        direct = torch.einsum("bop,dp,ep->bode", w, basis, basis)
+        got = continuum.gram(w, basis)
+        assert got.shape == (3, 2, D, D)
+        assert torch.allclose(got, direct, rtol=1e-10, atol=1e-8 * float(direct.abs().max()))

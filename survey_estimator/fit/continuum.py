@@ -25,11 +25,43 @@ def design(n_pixels: int, degree: int = DEGREE, dtype=torch.float64, device="cpu
     return torch.stack(rows[: degree + 1])
 
 
+def _linearisation(basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(Legendre P_0..P_{2 degree} (2D - 1, P) in the basis' dtype, L (D*D, 2D - 1) float64) with
+    ``P_d P_e = sum_k L[d D + e, k] P_k`` on the pixels, or None when ``basis`` is not the Legendre
+    basis of :func:`design` (then :func:`gram` takes the direct products)."""
+    D, P = basis.shape
+    key = (D, P, basis.dtype, str(basis.device))
+    if key not in _LINEARISATION:
+        found = None
+        ref = design(P, D - 1, dtype=torch.float64, device=basis.device)
+        if torch.allclose(basis.to(torch.float64), ref, atol=1e-6):
+            ext = design(P, 2 * D - 2, dtype=torch.float64, device=basis.device)  # (2D-1, P)
+            products = (ref[:, None, :] * ref[None, :, :]).reshape(D * D, P)
+            L = torch.linalg.lstsq(ext.T, products.T).solution.T  # (D*D, 2D-1), exact: degree <= 2D-2
+            if float((L @ ext - products).abs().max()) < 1e-9:
+                found = (ext.to(basis.dtype), L)
+        _LINEARISATION[key] = found
+    return _LINEARISATION[key]
+
+
+_LINEARISATION: dict = {}
+
+
 def gram(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """(B, O, D, D) float64 ``sum_p weight * P_d * P_e`` per order, as one matrix product with the
-    (D*D, P) basis products (weight (B, O, P), basis (D, P) of one dtype)."""
+    """(B, O, D, D) float64 ``sum_p weight * P_d * P_e`` per order (weight (B, O, P), basis (D, P)
+    of one dtype).
+
+    For the Legendre basis of :func:`design` the products are themselves Legendre series up to
+    degree 2D - 2, so the sums come from the 2D - 1 weighted moments ``sum_p weight * P_k`` (one
+    (B O, P) x (P, 2D - 1) product) and a fixed float64 linearisation: 29 instead of 225 sums per
+    pixel for D = 15. Any other basis takes the direct (D*D, P) products."""
     B, O, P = weight.shape
     D = basis.shape[0]
+    lin = _linearisation(basis)
+    if lin is not None:
+        ext, L = lin
+        moments = (weight.reshape(B * O, P) @ ext.to(weight.dtype).T).to(torch.float64)  # (B O, 2D-1)
+        return (moments @ L.T).reshape(B, O, D, D)
     products = (basis[:, None, :] * basis[None, :, :]).reshape(D * D, P)
     return (weight.reshape(B * O, P) @ products.T).reshape(B, O, D, D).to(torch.float64)
 
