@@ -276,15 +276,18 @@ def validate(obs: Observation) -> Observation:
     if not wave_ok.any():
         raise ReadError(obs.source, "missing wavelength solution (no finite wavelengths)")
     lo, hi = BAND
-    wave_cov = band_coverage(obs.wave, wave_ok)
+    usable = obs.mask & np.isfinite(obs.flux) & (obs.flux != 0) & wave_ok
+    in_band = wave_ok & (obs.wave >= lo) & (obs.wave <= hi)
+    any_usable = bool((usable & in_band).any())
+    coverage = band_coverage(obs.wave, usable) if any_usable else 0.0
+    # usable pixels are a subset of those with wavelengths, so their coverage bounds the wavelengths'
+    # from below: the wavelength coverage is computed (for the message) only when the file fails
+    wave_cov = MIN_BAND_COVERAGE if coverage >= MIN_BAND_COVERAGE else band_coverage(obs.wave, wave_ok)
     if wave_cov < MIN_BAND_COVERAGE:
         span = f"{np.nanmin(obs.wave):.1f}-{np.nanmax(obs.wave):.1f} A"
         raise ReadError(obs.source, f"no coverage of {lo:.0f}-{hi:.0f} A (spectrum spans {span}, {100 * wave_cov:.0f}% of the band)")
-    usable = obs.mask & np.isfinite(obs.flux) & (obs.flux != 0) & wave_ok
-    in_band = wave_ok & (obs.wave >= lo) & (obs.wave <= hi)
-    if not (usable & in_band).any():
+    if not any_usable:
         raise ReadError(obs.source, f"all pixels in {lo:.0f}-{hi:.0f} A are NaN or flagged (all-NaN orders)")
-    coverage = band_coverage(obs.wave, usable)
     if coverage < MIN_BAND_COVERAGE:
         raise ReadError(obs.source, f"fewer than {100 * MIN_BAND_COVERAGE:.0f}% of {lo:.0f}-{hi:.0f} A hold usable (finite, unflagged, non-zero) flux "
                                     f"({100 * coverage:.0f}%)")

@@ -371,3 +371,25 @@ def test_inspect_says_what_was_assumed(data_dir, capsys):
     assert abs(float(np.median(s["mgb_offsets_A"]))) < REST_A
     assert run_command("inspect", ["--resolution", "15000", str(data_dir / SCO)]) == 2
     assert "below the 20,000" in capsys.readouterr().err
+
+
+def test_validate_messages_follow_the_coverage_that_fails():
+    """The wavelengths' coverage is only computed when the usable pixels' fails: each failing
+    case keeps its own message, and a passing file's coverage is that of its usable pixels."""
+    from dataclasses import replace as dc_replace
+
+    from survey_estimator.observation import Observation, band_coverage, validate
+
+    wave = np.linspace(5000.0, 5400.0, 8000)
+    flux = np.ones_like(wave)
+    obs = Observation(flux=flux, variance=flux.copy(), wave=wave, mask=np.ones(wave.size, bool), medium="air",
+                      frame="observatory", instrument="HARPS-N", drs_version="", kind="s1d", source="t.fits",
+                      resolution=115000.0)
+    ok = validate(dc_replace(obs, mask=wave < 5300.0))
+    assert ok.coverage == pytest.approx(band_coverage(wave, wave < 5300.0)) and 0.5 < ok.coverage < 1
+    with pytest.raises(ReadError, match="fewer than 50% of 5050-5350 A"):
+        validate(dc_replace(obs, mask=wave < 5150.0))
+    with pytest.raises(ReadError, match="all-NaN"):
+        validate(dc_replace(obs, mask=(wave < 5040.0) | (wave > 5360.0)))
+    with pytest.raises(ReadError, match="no coverage of 5050-5350 A"):
+        validate(dc_replace(obs, wave=wave - 300.0))
