@@ -39,7 +39,10 @@ def test_measured_snr_is_the_median_per_usable_pixel():
     mask = np.ones_like(y, bool)
     mask[0, :, :10] = False
     var[0, :, :10] = 1e6  # masked: ignored
-    np.testing.assert_allclose(measured_snr(y, var, mask), [20.0, 5.0])
+    got = measured_snr(*(torch.as_tensor(a) for a in (y, var, mask)))
+    np.testing.assert_allclose(got.numpy(), [20.0, 5.0])
+    mask[1] = False
+    assert torch.isnan(measured_snr(*(torch.as_tensor(a) for a in (y, var, mask)))[1])
 
 
 def test_the_fit_scales_its_statistical_covariance_and_keeps_the_raw_one(tiny_grid):
@@ -55,7 +58,7 @@ def test_the_fit_scales_its_statistical_covariance_and_keeps_the_raw_one(tiny_gr
     np.testing.assert_array_equal(plain.cov_cal, plain.cov_stat)
     cal = SigmaCalibration(snr=(10.0, 100.0), scale=((2.0, 1.0, 1.0, 1.0), (0.5, 1.5, 1.0, 1.0)), n=(100, 100))
     res = Fitter(model, FitConfig(calibration=cal)).fit(y, var.numpy(), mask, labels)
-    np.testing.assert_allclose(res.snr, measured_snr(y, var.numpy(), mask), rtol=1e-3)
+    np.testing.assert_allclose(res.snr, measured_snr(torch.as_tensor(y), var, torch.as_tensor(mask)).numpy(), rtol=1e-3)
     factor = cal.at(res.snr)[0]
     np.testing.assert_allclose(res.sigma_cal[0], res.sigma_stat[0] * factor, rtol=1e-9)
     np.testing.assert_allclose(res.cov_stat, plain.cov_stat, rtol=1e-9)

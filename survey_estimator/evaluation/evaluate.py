@@ -135,9 +135,10 @@ class EvaluationReport:
                       "### Within 1 / 2 sigma, the fit's statistical (inverse-Fisher) sigmas; the test spectra share the "
                       "fit's interpolation, so the grid's interpolation error that the catalogue's sigmas add is left out",
                       coverage_table(self.fit_scores),
-                      "### Within 1 / 2 sigma, the fit's statistical sigmas calibrated by S/N on held-out spectra "
-                      "(`FitResult.cov_cal`; docs/fit.md)", coverage_table(self.fit_scores_cal),
                       f"Fit wall time per spectrum (this process): {speed}."]
+            if any(not np.array_equal(f.sigma_cal, f.sigma_stat) for f in self.fits.values()):
+                parts[-1:-1] = ["### Within 1 / 2 sigma, the fit's statistical sigmas calibrated by S/N on held-out "
+                                "spectra (`FitResult.cov_cal`; docs/fit.md)", coverage_table(self.fit_scores_cal)]
         return "\n\n".join(parts)
 
     def flat_metrics(self) -> dict[str, float]:

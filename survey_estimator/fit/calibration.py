@@ -10,8 +10,8 @@ interpolates it linearly in log S/N (constant beyond the outer nodes). The fit a
 ``cov_stat`` (``cov = S cov_stat S`` plus the interpolation error), and keeps the raw matrix.
 
 Fitted by ``survey-estimator evaluate --fit-calibration-out FILE`` on spectra of one seed and
-checked on another (the model card); shipped for the packed grid as
-``survey_estimator/data/grids/<grid_id>.calibration.json``.
+checked on another; the fit picks it up from ``survey_estimator/data/grids/<grid_id>.calibration.json``
+when one is shipped (none is yet: docs/fit.md) or from ``FitConfig(calibration=...)``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..labels import LABEL_NAMES
 
@@ -28,20 +29,18 @@ ONE_SIGMA = 0.6826894921370859
 """Probability mass of a Gaussian within 1 sigma."""
 
 
-def measured_snr(y: np.ndarray, var: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(B,) median S/N per usable pixel of normalised spectra.
+def measured_snr(y: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) median S/N per usable pixel of normalised spectra (NaN where none is usable): the S/N
+    the fit switches on and the calibration is indexed by.
 
     Args:
         y: (B, O, P) normalised flux.
         var: (B, O, P) its variance.
-        mask: (B, O, P) 1 where the pixel is usable.
+        mask: (B, O, P) bool, True where the pixel is usable.
     """
-    y, var, mask = (np.asarray(a, dtype=np.float64) for a in (y, var, mask))
-    ok = (mask > 0) & (var > 0) & np.isfinite(y) & np.isfinite(var)
-    ratio = np.where(ok, y / np.sqrt(np.where(ok, var, 1.0)), np.nan).reshape(len(y), -1)
-    with np.errstate(all="ignore"):
-        snr = np.nanmedian(ratio, axis=1) if ratio.size else np.full(len(y), np.nan)
-    return np.where(np.isfinite(snr), snr, np.nan)
+    ok = mask & (var > 0) & torch.isfinite(var) & torch.isfinite(y)
+    ratio = torch.where(ok, y / torch.sqrt(torch.where(ok, var, torch.ones_like(var))), torch.full_like(y, float("nan")))
+    return torch.nanmedian(ratio.reshape(len(y), -1), dim=1).values
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,8 @@ class SigmaCalibration:
             errors: (N, 4) fitted minus true labels.
             sigma: (N, 4) the fits' statistical sigmas (``FitResult.sigma_stat``).
             snr: (N,) each spectrum's measured S/N.
-            nodes: S/N bins' edges are the geometric midpoints between these nodes (default: the
-                distinct nominal S/N values are not known here, so 5 log-spaced quantile bins).
+            nodes: S/N of the bins, whose edges are the geometric midpoints between them
+                (default: the 10, 30, 50, 70 and 90 % quantiles of ``snr``).
             min_n: fewest spectra a node may hold.
         """
         errors, sigma, snr = (np.asarray(a, dtype=np.float64) for a in (errors, sigma, snr))

@@ -41,7 +41,7 @@ import torch
 
 from ..forward import ForwardModel
 from . import continuum, likelihood
-from .calibration import SigmaCalibration, shipped_calibration
+from .calibration import SigmaCalibration, measured_snr, shipped_calibration
 from .likelihood import N_THETA, THETA_SCALE
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class Fitter:
         # at low S/N a variance estimated from the noisy counts is correlated with the noise and
         # biases the fit: photon noise of the MODEL instead, var * model / y (the counts-per-unit-
         # flux scale y / var is smooth), and the fit repeated
-        snr = torch.nanmedian(torch.where(mask, y / torch.sqrt(var), torch.full_like(y, float("nan"))).reshape(B, -1), dim=1).values
+        snr = measured_snr(y, var, mask)
         low = torch.isfinite(snr) & (snr < cfg.model_variance_snr)
         if low.any():
             var = torch.where(low[:, None, None] & mask & (y > 0), var * model.clamp_min(1e-3) / y.clamp_min(1e-3), var)
