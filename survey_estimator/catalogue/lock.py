@@ -2,7 +2,7 @@
 
 The lock is a small JSON object (owner, run id, host, pid, Ray job id, created, expires). It is
 created only if absent: ``PutObject`` with ``If-None-Match: *`` on S3 (S3 and moto answer 412
-when it exists), ``O_CREAT | O_EXCL`` locally. While a run holds it a heartbeat thread pushes
+when it exists), locally a hard link of the written lock (fails when one exists). While a run holds it a heartbeat thread pushes
 the expiry forward (S3: ``If-Match`` on the lock's own ETag, so a run whose lock was taken over
 notices). A lock past its expiry belongs to a run that died (a crash, a killed pod): the next
 run takes it over (S3: a conditional overwrite of exactly that expired object; locally: an
@@ -133,12 +133,18 @@ class CatalogueLock:
                 f.write(body)
             os.replace(tmp, path)
             return True
+        # written aside, then linked into place: the lock appears with its content in one step (an
+        # O_EXCL file is empty until written, and a rival reading it then would find it unreadable,
+        # count it expired and take it over)
+        tmp = f"{path}.{self.token}.new"
+        with open(tmp, "wb") as f:
+            f.write(body)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
+        finally:
+            os.unlink(tmp)
         return True
 
     def _remove(self, etag: str, token: str | None) -> bool:
