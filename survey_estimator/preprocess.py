@@ -27,9 +27,10 @@ from enum import IntFlag
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_dilation, gaussian_filter1d, median_filter
+from scipy.ndimage import binary_dilation, gaussian_filter1d
 
-from . import normalise
+from . import inputs, normalise
+from .inputs import PreprocessConfig
 from .layout import C_KMS, LAYOUT_VERSION, N_ORDERS, canonical_wave, doppler_factor, resample_to_layout
 from .instruments.registry import lookup
 from .observation import MOST_OF_BAND, Observation, ReadError
@@ -91,29 +92,6 @@ class Flag(IntFlag):
     def names(self) -> list[str]:
         """Names of the set bits, lowest first."""
         return [f.name for f in Flag if f in self]
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Tunable choices of the preprocessing (defaults are the versioned behaviour)."""
-
-    target_resolution: float = 115000.0
-    rv_source: str = "auto"
-    """"auto": header RV if present, else cross-correlation; "ccf": always measure; "none": no
-    stellar RV shift (the data are taken as barycentric = rest)."""
-    edge_pixels: int = 16
-    """Pixels masked at each end of every native echelle order."""
-    cosmic_sigma: float = 8.0
-    cosmic_fraction: float = 0.1
-    """A cosmic must exceed the running median by cosmic_sigma noise sigmas AND by this fraction
-    of the local flux level."""
-    cosmic_window: int = 9
-    low_snr: float = 10.0
-    min_order_fraction: float = 0.5
-    gap_min_A: float = 2.0
-    """A masked run wider than this (A) inside the observed range counts as a gap."""
-    margin_A: float = 10.0
-    """Native data within this margin (A) of the canonical range are kept."""
 
 
 @dataclass
@@ -186,34 +164,6 @@ def vacuum_to_air(wave_vac: np.ndarray) -> np.ndarray:
     return w / n
 
 
-def cosmic_mask(flux: np.ndarray, variance: np.ndarray, usable: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Upward, sharp outliers per row: True where a pixel is a cosmic-ray hit (dilated by one pixel).
-
-    A hit rises above the running median by ``cosmic_sigma`` noise sigmas and ``cosmic_fraction``
-    of the local level, AND is sharper than the line-spread function allows: its excess over the
-    mean of its two neighbours is at least 40% of its excess over the median (a resolved spectral
-    peak sampled by >= 3 pixels per FWHM reaches ~25%).
-
-    Args:
-        flux, variance, usable: (n_rows, n_pixels).
-    """
-    out = np.zeros(flux.shape, dtype=bool)
-    for i, (f, v, u) in enumerate(zip(flux, variance, usable)):
-        good = np.flatnonzero(u)
-        if good.size < 3 * config.cosmic_window:
-            continue
-        filled = np.interp(np.arange(f.size), good, f[good])
-        med = median_filter(filled, size=config.cosmic_window, mode="nearest")
-        level = np.maximum(med, median_filter(filled, size=51, mode="nearest"))
-        r = filled - med
-        sharp = filled - 0.5 * (np.roll(filled, 1) + np.roll(filled, -1))
-        sigma = np.sqrt(np.where(u, v, np.inf))
-        hit = u & (r > config.cosmic_sigma * sigma) & (r > config.cosmic_fraction * np.abs(level)) & (sharp > 0.4 * r)
-        hit[[0, -1]] = False
-        out[i] = binary_dilation(hit, iterations=1) if hit.any() else hit
-    return out
-
-
 def degrade(wave: np.ndarray, flux: np.ndarray, variance: np.ndarray, usable: np.ndarray, r_from: float, r_to: float):
     """Convolve each row with a Gaussian so that resolving power ``r_from`` becomes ``r_to``.
 
@@ -261,20 +211,6 @@ def _select(obs: Observation, margin: float):
     return wave[:, sl], *(a[:, sl] for a in arrays), []
 
 
-def _resample_native(wave: np.ndarray, flux: np.ndarray, variance: np.ndarray, usable: np.ndarray):
-    """HARPS-N layout: each canonical order comes from the ONE native row nearest to it in
-    wavelength (as the training sampler renders it), never mixed with its overlapping neighbours,
-    whose throughput differs. Returns (flux, variance, mask), each (8, 4096)."""
-    cw = canonical_wave()
-    centres = np.nanmedian(wave, axis=1)
-    out = [np.full(cw.shape, np.nan), np.full(cw.shape, np.nan), np.zeros(cw.shape, dtype=bool)]
-    for k in range(cw.shape[0]):
-        r = int(np.nanargmin(np.abs(centres - np.median(cw[k]))))
-        f, v, m = resample_to_layout(wave[r : r + 1], flux[r : r + 1], variance[r : r + 1], usable[r : r + 1], target=cw[k : k + 1])
-        out[0][k], out[1][k], out[2][k] = f[0], v[0], m[0]
-    return tuple(out)
-
-
 def _has_gap(wave_rest: np.ndarray, mask: np.ndarray, min_width_A: float) -> bool:
     """True if a run of masked canonical pixels wider than ``min_width_A`` lies strictly inside
     the observed wavelength range (a detector gap, or a zero-filled gap in a merged 1D spectrum)."""
@@ -312,16 +248,19 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         wave = vacuum_to_air(wave)
         flags |= Flag.VACUUM_CONVERTED
 
-    usable = usable & np.isfinite(flux) & np.isfinite(var) & (var > 0) & np.isfinite(wave) & (flux > 0)
-    if obs.is_echelle and cfg.edge_pixels > 0:
-        usable[:, : cfg.edge_pixels] = False
-        usable[:, -cfg.edge_pixels :] = False
+    # steps 3 (masks) and 6-7 (native resampling, normalisation) are THE input builder's
+    # (:mod:`.inputs`), as the training sampler runs them: here for a batch of one
+    t_wave, t_flux, t_var = (torch.from_numpy(a)[None] for a in (wave, flux, var))
+    edges = cfg.edge_pixels if obs.is_echelle else 0
+    t_usable = inputs.usable_pixels(t_wave, t_flux, t_var, torch.from_numpy(np.asarray(usable, dtype=bool))[None], edges)
+    if edges > 0:
         flags |= Flag.EDGES_MASKED
-    cosmics = cosmic_mask(flux, var, usable, cfg)
-    if cosmics.any():
-        usable &= ~cosmics
+    cosmics = inputs.cosmic_mask(t_flux, t_var, t_usable, cfg)
+    if bool(cosmics.any()):
+        t_usable &= ~cosmics
         flags |= Flag.COSMICS_MASKED
         notes.append(f"{int(cosmics.sum())} cosmic-ray pixels masked")
+    usable = t_usable[0].numpy()
 
     native = obs.is_echelle and lookup(obs.instrument).layout == "canonical"
     if obs.kind == "e2ds" and not obs.blaze_corrected:
@@ -364,10 +303,13 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         flux, var, usable = degrade(wave_rest, flux, var, usable, obs.resolution, cfg.target_resolution)
         flags |= Flag.DEGRADED_RESOLUTION
 
-    if native:
-        f, v, m = _resample_native(wave_rest, flux, var, usable)
+    if native:  # each canonical order from its one matching native row
+        t_rest = torch.from_numpy(wave_rest)[None]
+        resampler = inputs.NativeResampler(t_rest, inputs.nearest_rows(t_rest))
+        t_f, t_v, t_m = resampler(torch.from_numpy(usable)[None], torch.from_numpy(flux)[None], torch.from_numpy(var)[None])
     else:
-        f, v, m = resample_to_layout(wave_rest, flux, var, usable)
+        t_f, t_v, t_m = (torch.from_numpy(a)[None] for a in resample_to_layout(wave_rest, flux, var, usable))
+    f, v, m = t_f[0].numpy(), t_v[0].numpy(), t_m[0].numpy()
     if _has_gap(wave_rest, m, cfg.gap_min_A):
         flags |= Flag.GAP_MASKED
     if not m.any():
@@ -383,8 +325,8 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
     if not snr >= cfg.low_snr:
         flags |= Flag.LOW_SNR
 
-    nf, nm, nv = normalise.normalise_orders(torch.as_tensor(f)[None], torch.as_tensor(m)[None], torch.as_tensor(v)[None])
-    x = normalise.model_input(nf, nm)[0].to(torch.float32).numpy()
+    x, nf, nm, nv = inputs.build(t_f, t_m, t_v)
+    x = x[0].to(torch.float32).numpy()
     norm_flux = nf[0].numpy().astype(np.float32)
     mask = nm[0].numpy().astype(bool)
     result = ModelInput(

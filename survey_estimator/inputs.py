@@ -1,0 +1,230 @@
+"""THE input builder: native echelle pixels -> the canonical model input, batched in torch.
+
+One code path for real files and training batches. :func:`survey_estimator.preprocess.preprocess`
+calls these functions for one observation (the batch-of-one case); the training sampler
+(:mod:`survey_estimator.sampling.sampler`) calls them for a whole batch of native-layout counts it
+made with the instrument's noise. So edge masks, cosmic masks, the resampling into the canonical
+layout (and the variance it carries) and the normalisation are the same code for both.
+
+Steps (each a function):
+
+1. :func:`usable_pixels`: finite, positive flux with a finite positive variance, minus the
+   ``edge_pixels`` at each end of every native order;
+2. :func:`cosmic_mask`: sharp upward outliers (cosmic-ray hits), dilated by one pixel;
+3. :class:`NativeResampler`: each canonical order from the ONE native row nearest to it in
+   wavelength (HARPS-N: the row itself, at the observation's rest-frame shift), Keys cubic
+   convolution (:mod:`survey_estimator.cubic`), linear next to unusable pixels and at row ends,
+   the variance propagated with the squared weights;
+4. :func:`build`: the shared normalisation (:func:`survey_estimator.normalise.normalise_orders`)
+   and :func:`~survey_estimator.normalise.model_input`.
+
+Shapes: B observations, R native rows, P native pixels per row, O = 8 canonical orders of 4096
+pixels. Flux and variance in any unit (counts, counts^2); wavelengths in Angstrom (float64).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import cubic, normalise
+from .layout import canonical_wave
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Tunable choices of the preprocessing (defaults are the versioned behaviour)."""
+
+    target_resolution: float = 115000.0
+    rv_source: str = "auto"
+    """"auto": header RV if present, else cross-correlation; "ccf": always measure; "none": no
+    stellar RV shift (the data are taken as barycentric = rest)."""
+    edge_pixels: int = 16
+    """Pixels masked at each end of every native echelle order."""
+    cosmic_sigma: float = 8.0
+    cosmic_fraction: float = 0.1
+    """A cosmic must exceed the running median by cosmic_sigma noise sigmas AND by this fraction
+    of the local flux level."""
+    cosmic_window: int = 9
+    low_snr: float = 10.0
+    min_order_fraction: float = 0.5
+    gap_min_A: float = 2.0
+    """A masked run wider than this (A) inside the observed range counts as a gap."""
+    margin_A: float = 10.0
+    """Native data within this margin (A) of the canonical range are kept."""
+
+
+LEVEL_WINDOW = 51
+"""Pixels of the running median that gives a cosmic's local flux level (with the short one)."""
+SHARPNESS = 0.4
+"""A cosmic's excess over the mean of its two neighbours is at least this fraction of its excess
+over the running median (a resolved peak sampled by >= 3 pixels per FWHM reaches ~25%)."""
+
+
+def usable_pixels(wave: torch.Tensor, flux: torch.Tensor, variance: torch.Tensor, mask: torch.Tensor,
+                  edge_pixels: int = 0) -> torch.Tensor:
+    """(B, R, P) bool: ``mask`` and finite positive flux, finite positive variance, finite
+    wavelength (``wave`` (B or 1, R, P)), minus ``edge_pixels`` at both ends of every row."""
+    usable = mask & torch.isfinite(flux) & torch.isfinite(variance) & (variance > 0) & torch.isfinite(wave) & (flux > 0)
+    if edge_pixels > 0:
+        usable[..., :edge_pixels] = False
+        usable[..., -edge_pixels:] = False
+    return usable
+
+
+def _filled(flux: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """Flux with unusable pixels linearly interpolated between the usable neighbours of their row
+    (held constant beyond the first / last usable pixel): ``np.interp`` per row, batched."""
+    P = flux.shape[-1]
+    idx = torch.arange(P, device=flux.device).expand_as(flux)
+    prev = torch.cummax(torch.where(usable, idx, torch.full_like(idx, -1)), dim=-1).values
+    nxt = torch.cummin(torch.where(usable, idx, torch.full_like(idx, P)).flip(-1), dim=-1).values.flip(-1)
+    prev_ok, next_ok = prev >= 0, nxt < P
+    lo = torch.where(prev_ok, prev, nxt).clamp(0, P - 1)
+    hi = torch.where(next_ok, nxt, prev).clamp(0, P - 1)
+    f_lo, f_hi = torch.gather(flux, -1, lo), torch.gather(flux, -1, hi)
+    span = (hi - lo).to(flux.dtype)
+    t = torch.where(span > 0, (idx - lo).to(flux.dtype) / span.clamp_min(1), torch.zeros_like(span))
+    return torch.where(usable, flux, f_lo + (f_hi - f_lo) * t)
+
+
+def _window_median(padded: torch.Tensor, where: torch.Tensor, half: int, pad: int) -> torch.Tensor:
+    """Median of ``padded[b, r, p + pad - half : p + pad + half + 1]`` at each (b, r, p) of
+    ``where`` (n, 3): the running median of width 2 half + 1 (edges replicated), at n pixels."""
+    offsets = torch.arange(-half, half + 1, device=padded.device) + pad
+    cols = where[:, 2:3] + offsets  # (n, width)
+    vals = padded[where[:, 0:1], where[:, 1:2], cols]
+    return vals.median(dim=-1).values
+
+
+def cosmic_mask(flux: torch.Tensor, variance: torch.Tensor, usable: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Upward, sharp outliers per row: (B, R, P) bool, True where a pixel is a cosmic-ray hit
+    (dilated by one pixel).
+
+    A hit rises above the running median (``cosmic_window`` pixels) by ``cosmic_sigma`` noise
+    sigmas and by ``cosmic_fraction`` of the local level (the larger of that median and a
+    :data:`LEVEL_WINDOW`-pixel one), AND is sharper than the line-spread function allows
+    (:data:`SHARPNESS`). Unusable pixels are interpolated over first (they are never hits); rows
+    with fewer than 3 ``cosmic_window`` usable pixels are skipped.
+
+    The running medians are only evaluated where the cheap sharpness test can pass (a hit's
+    excess over its neighbours exceeds SHARPNESS x cosmic_sigma sigmas), a fraction of a percent
+    of the pixels: the result is the same as evaluating them everywhere.
+    """
+    B, R, P = flux.shape
+    hit = torch.zeros(flux.shape, dtype=torch.bool, device=flux.device)
+    enough = usable.sum(-1, keepdim=True) >= 3 * config.cosmic_window
+    if not bool(enough.any()) or P < 3:
+        return hit
+    filled = _filled(flux, usable)
+    sharp = torch.zeros_like(filled)
+    sharp[..., 1:-1] = filled[..., 1:-1] - 0.5 * (filled[..., :-2] + filled[..., 2:])
+    sigma = torch.sqrt(torch.where(usable, variance, torch.full_like(variance, float("inf"))))
+    cand = usable & enough & (sharp > SHARPNESS * config.cosmic_sigma * sigma)
+    cand[..., 0] = False
+    cand[..., -1] = False
+    where = torch.nonzero(cand)  # (n, 3)
+    if where.shape[0] == 0:
+        return hit
+    half_s, half_l = config.cosmic_window // 2, LEVEL_WINDOW // 2
+    pad = max(half_s, half_l)
+    padded = torch.nn.functional.pad(filled.reshape(B * R, 1, P), (pad, pad), mode="replicate").reshape(B, R, P + 2 * pad)
+    med = _window_median(padded, where, half_s, pad)
+    level = torch.maximum(med, _window_median(padded, where, half_l, pad))
+    b, r, p = where.unbind(1)
+    f, s, sd = filled[b, r, p], sharp[b, r, p], sigma[b, r, p]
+    excess = f - med
+    yes = (excess > config.cosmic_sigma * sd) & (excess > config.cosmic_fraction * level.abs()) & (s > SHARPNESS * excess)
+    b, r, p = b[yes], r[yes], p[yes]
+    for d in (-1, 0, 1):  # binary dilation by one pixel
+        q = p + d
+        ok = (q >= 0) & (q < P)
+        hit[b[ok], r[ok], q[ok]] = True
+    return hit
+
+
+def nearest_rows(wave: torch.Tensor, target: np.ndarray | None = None) -> torch.Tensor:
+    """(B, O) native row whose median wavelength is nearest to each target order's, for
+    ``wave`` (B, R, P) (rest-frame) wavelengths."""
+    target = canonical_wave() if target is None else target
+    centres = torch.nanmedian(wave, dim=-1).values  # (B, R)
+    t = torch.as_tensor(np.median(target, axis=1), dtype=centres.dtype, device=wave.device)  # (O,)
+    return torch.argmin(torch.nan_to_num((centres[:, None, :] - t[None, :, None]).abs(), nan=float("inf")), dim=-1)
+
+
+class NativeResampler:
+    """Native rows -> target orders for a batch, each target order from ONE native row.
+
+    The geometry (which native pixels each target pixel falls between, the cubic and linear
+    weights) is computed once per set of wavelengths; :meth:`__call__` applies it to data with
+    their usable mask (linear where a cubic tap is unusable, as
+    :func:`survey_estimator.layout.resample_to_layout` does).
+
+    Args:
+        wave: (B or 1, R, P) float64 rest-frame wavelengths (A) of the native rows, increasing.
+        rows: (B or 1, O) native row of each target order (:func:`nearest_rows`).
+        target: (O, P') float64 wavelengths to sample (default the canonical layout).
+    """
+
+    def __init__(self, wave: torch.Tensor, rows: torch.Tensor, target: np.ndarray | None = None):
+        target = canonical_wave() if target is None else np.asarray(target, dtype=np.float64)
+        B = max(wave.shape[0], rows.shape[0])
+        O, Pt = target.shape
+        P = wave.shape[-1]
+        self.rows = rows.expand(B, O)
+        w = torch.gather(wave.expand(B, *wave.shape[1:]), 1, self.rows[..., None].expand(B, O, P)).contiguous()  # (B, O, P)
+        if bool((w[..., 1:] <= w[..., :-1]).any()):
+            raise ValueError("wavelengths must increase along each native row")
+        t = torch.as_tensor(np.array(target), dtype=w.dtype, device=w.device).expand(B, O, Pt).contiguous()
+        j = (torch.searchsorted(w, t, right=True) - 1).clamp(0, P - 2)
+        w0, w1 = torch.gather(w, -1, j), torch.gather(w, -1, j + 1)
+        self.inside = (t >= w[..., :1]) & (t <= w[..., -1:])
+        a = (t - w0) / (w1 - w0)
+        jm, jp = (j - 1).clamp_min(0), (j + 2).clamp_max(P - 1)
+        dw = w1 - w0
+        even = ((w0 - torch.gather(w, -1, jm)) / dw - 1).abs().lt(0.05) & ((torch.gather(w, -1, jp) - w1) / dw - 1).abs().lt(0.05)
+        self.interior = (j >= 1) & (j + 2 <= P - 1) & even
+        self.taps = (jm, j, j + 1, jp)
+        self.cubic = cubic.weights(a)
+        self.linear = (torch.zeros_like(a), 1 - a, a, torch.zeros_like(a))
+        self.shape = (B, O, Pt)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, O, P) the native rows of ``x`` (B or 1, R, P) that feed the target orders."""
+        B, O, _ = self.shape
+        return torch.gather(x.expand(B, *x.shape[1:]), 1, self.rows[..., None].expand(B, O, x.shape[-1]))
+
+    def __call__(self, usable: torch.Tensor, flux: torch.Tensor, variance: torch.Tensor | None = None):
+        """Resample (flux, variance) with their usable mask (B, R, P).
+
+        Returns:
+            (flux, variance or None, mask): (B, O, P') with NaN where the mask is False; True where
+            the target pixel lies inside its row and both neighbouring native pixels are usable.
+        """
+        u = self._rows(usable)
+        ut = [torch.gather(u, -1, k) for k in self.taps]
+        good = self.inside & ut[1] & ut[2]
+        use_cubic = good & self.interior & ut[0] & ut[3]
+        wts = [torch.where(use_cubic, c, lin) for c, lin in zip(self.cubic, self.linear)]
+        nan = torch.full((), float("nan"), dtype=flux.dtype, device=flux.device)
+
+        def apply(x, square: bool):
+            xz = torch.where(u, self._rows(x), torch.zeros((), dtype=x.dtype, device=x.device))
+            out = torch.zeros(self.shape, dtype=x.dtype, device=x.device)
+            for wk, k in zip(wts, self.taps):
+                out += (wk * wk if square else wk).to(x.dtype) * torch.gather(xz, -1, k)
+            return torch.where(good, out, nan)
+
+        return apply(flux, False), None if variance is None else apply(variance, True), good
+
+
+def build(flux: torch.Tensor, mask: torch.Tensor, variance: torch.Tensor):
+    """The shared normalisation and network input of resampled (B, O, P) flux, mask, variance.
+
+    Returns:
+        (x (B, 2, O, P), normalised flux, mask, variance of the normalised flux) as
+        :func:`~survey_estimator.normalise.normalise_orders` and ``model_input`` give them.
+    """
+    norm, mask, var = normalise.normalise_orders(flux, mask, variance)
+    return normalise.model_input(norm, mask), norm, mask, var
