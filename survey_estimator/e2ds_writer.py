@@ -10,7 +10,8 @@ What a file holds (faithful to FACTS section 1, old DRS ``HARPN_3.7``):
   ``lambda_obs = lambda_rest * D(rv) / D(berv)`` ~ ``lambda_rest * D(rv - berv)``, the DRS
   convention (RV_bary = RV_obs + BERV); ``HIERARCH TNG DRS BERV`` holds ``berv``;
 * counts = K * efficiency(row) * blaze(row, x) * spectrum, in electrons (``CCD CONAD`` = 1, so
-  ADU = e-), with Gaussian photon + read noise, variance = counts + ``CCD SIGDET``^2. K is set so
+  ADU = e-), with Gaussian photon + read noise, variance = counts + ``CCD SIGDET``^2, and
+  unflagged cosmic-ray hits at ``Exposure.cosmic_rate`` (none by default). K is set so
   that the median continuum S/N per pixel over rows 36-43 equals the requested S/N;
   ``DRS SPE EXT SN{n}`` (n from 0) holds each row's median continuum S/N;
 * the blaze file: same shape, the instrument's blaze-like shape per row, 1 at peak (all ones
@@ -42,7 +43,8 @@ from astropy.time import Time
 
 from .layout import FIRST_ROW, LAYOUT_VERSION, N_ORDERS, harpn_reference_coefficients, wavelength_solution
 from .sampling.interpolation import GridInterpolator
-from .sampling.nuisance import continuum_counts_for_snr
+from .instruments.registry import lookup
+from .sampling import nuisance
 from .sampling.resample import doppler_factors
 from .forward import ForwardModel
 from .synth.store import DenseGrid, GridStore
@@ -51,12 +53,15 @@ log = logging.getLogger(__name__)
 
 N_ROWS = 69
 N_PIXELS = 4096
-SIGDET = 4.0
-"""Read-out noise written in ``DRS CCD SIGDET`` and used for the noise (e-)."""
+SIGDET = lookup("HARPS-N").read_noise_e
+"""Read-out noise (e-) of the instrument record, written in ``DRS CCD SIGDET`` and drawn in the noise."""
 CONAD = 1.0
 """``DRS CCD CONAD`` (e-/ADU): 1, so the file's counts are electrons under any reading."""
 NOISELESS_LEVEL = 10_000.0
 """Median continuum counts over rows 36-43 of a noiseless file."""
+SCIENCE_ROWS = np.arange(FIRST_ROW, FIRST_ROW + N_ORDERS)
+"""Rows 36-43: the canonical orders."""
+OTHER_ROWS = np.setdiff1d(np.arange(N_ROWS), SCIENCE_ROWS)
 DRS_VERSION = "HARPN_3.7"
 DEFAULT_DATE = "2016-01-08T02:30:21.236"
 P = "HIERARCH TNG "
@@ -71,7 +76,9 @@ class Exposure:
         snr: median continuum S/N per pixel over rows 36-43; None = noiseless.
         rv: the star's radial velocity (km/s); berv: barycentric Earth RV (km/s).
         blaze: multiply by the instrument blaze and order efficiencies.
-        seed: seeds the noise.
+        seed: seeds the noise (a ``torch.Generator``: the training sampler's ``render`` with a
+            generator of the same seed draws the same noise and cosmics for rows 36-43).
+        cosmic_rate: unflagged cosmic-ray hits per pixel (``nuisance.cosmics``); 0 = none.
         date_obs: ISO UTC start of exposure (names the files).
     """
 
@@ -84,6 +91,7 @@ class Exposure:
     berv: float = 0.0
     blaze: bool = True
     seed: int = 0
+    cosmic_rate: float = 0.0
     date_obs: str = DEFAULT_DATE
     object_name: str = "SIMULATED"
     exptime: float = 900.0
@@ -227,26 +235,31 @@ class E2dsSimulator:
             blaze, eff = np.ones_like(self.blaze), np.ones_like(self.efficiency)
         cont = eff[:, None] * blaze
         spec = np.ones((N_ROWS, N_PIXELS))
-        spec[FIRST_ROW : FIRST_ROW + N_ORDERS] = spectrum
-        ref = float(np.median(cont[FIRST_ROW : FIRST_ROW + N_ORDERS]))
+        spec[SCIENCE_ROWS] = spectrum
+        if exposure.snr is not None and not exposure.snr > 0:
+            raise ValueError(f"S/N must be > 0, got {exposure.snr}")
+        snr = torch.tensor([float("inf") if exposure.snr is None else float(exposure.snr)])
+        k = float(nuisance.counts_scale(torch.as_tensor(cont[SCIENCE_ROWS])[None], snr, SIGDET)[0])
         if exposure.snr is None:
-            k = NOISELESS_LEVEL / ref
-        else:
-            if not exposure.snr > 0:
-                raise ValueError(f"S/N must be > 0, got {exposure.snr}")
-            k = float(continuum_counts_for_snr(torch.tensor(float(exposure.snr)), SIGDET)) / ref
+            k *= NOISELESS_LEVEL
         return k * cont * spec, k * cont, blaze
 
     def counts(self, exposure: Exposure, spectrum: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(counts (69, 4096) float32 with noise unless noiseless, blaze (69, 4096) float32,
-        per-row median continuum S/N (69,)) of one exposure."""
+        per-row median continuum S/N (69,)) of one exposure.
+
+        The noise (and cosmics) of rows 36-43 are drawn first, in float32, by
+        :func:`~survey_estimator.sampling.nuisance.expose` from a generator seeded with
+        ``exposure.seed``, as the sampler draws a spectrum's; then those of the other rows."""
         counts, cont, blaze = self.expected_counts(exposure, spectrum)
+        counts = counts.astype(np.float32)
         if exposure.snr is not None:
-            rng = np.random.default_rng(exposure.seed)
-            counts = counts + rng.standard_normal(counts.shape) * np.sqrt(np.clip(counts, 0, None) + SIGDET**2)
+            g = torch.Generator().manual_seed(exposure.seed)
+            for rows in (SCIENCE_ROWS, OTHER_ROWS):
+                counts[rows] = nuisance.expose(torch.from_numpy(counts[rows])[None], SIGDET, exposure.cosmic_rate, g)[0].numpy()
         c_row = np.median(cont, axis=1)
         sn = c_row / np.sqrt(c_row + SIGDET**2)
-        return counts.astype(np.float32), blaze.astype(np.float32), sn
+        return counts, blaze.astype(np.float32), sn
 
     def header(self, e: Exposure, sn: np.ndarray, blaze_name: str) -> str:
         """The e2ds header of one exposure as FITS card text (without the structural cards)."""

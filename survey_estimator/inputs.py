@@ -169,7 +169,7 @@ class NativeResampler:
 
     def __init__(self, wave: torch.Tensor, rows: torch.Tensor, target: np.ndarray | None = None):
         target = canonical_wave() if target is None else np.asarray(target, dtype=np.float64)
-        B = max(wave.shape[0], rows.shape[0])
+        B = max(wave.shape[0], rows.shape[0])  # 1: one geometry for data of any batch size
         O, Pt = target.shape
         P = wave.shape[-1]
         self.rows = rows.expand(B, O)
@@ -185,14 +185,26 @@ class NativeResampler:
         dw = w1 - w0
         even = ((w0 - torch.gather(w, -1, jm)) / dw - 1).abs().lt(0.05) & ((torch.gather(w, -1, jp) - w1) / dw - 1).abs().lt(0.05)
         self.interior = (j >= 1) & (j + 2 <= P - 1) & even
-        self.taps = (jm, j, j + 1, jp)
-        self.cubic = cubic.weights(a)
-        self.linear = (torch.zeros_like(a), 1 - a, a, torch.zeros_like(a))
+        self.neighbours = (j, j + 1)
+        self.outer = (jm, jp)
+        cub = cubic.weights(a)
+        lin = (torch.zeros_like(a), 1 - a, a, torch.zeros_like(a))
+        # taps whose weight is zero everywhere (all of the outer two when the target pixels ARE
+        # native pixels, as for training spectra) are left out of every call
+        active = [k for k in range(4) if bool(cub[k].any() or lin[k].any())]
+        self.taps = tuple((jm, j, j + 1, jp)[k] for k in active)
+        self.cubic = tuple(cub[k] for k in active)
+        self.linear = tuple(lin[k] for k in active)
+        self.same_kernel = all(torch.equal(c, l) for c, l in zip(self.cubic, self.linear))
         self.shape = (B, O, Pt)
+
+    def _batch(self, x: torch.Tensor) -> int:
+        """Batch size of a call on ``x``: a geometry of batch 1 serves data of any batch."""
+        return x.shape[0] if self.shape[0] == 1 else self.shape[0]
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """(B, O, P) the native rows of ``x`` (B or 1, R, P) that feed the target orders."""
-        B, O, _ = self.shape
+        B, O = self._batch(x), self.shape[1]
         return torch.gather(x.expand(B, *x.shape[1:]), 1, self.rows[..., None].expand(B, O, x.shape[-1]))
 
     def __call__(self, usable: torch.Tensor, flux: torch.Tensor, variance: torch.Tensor | None = None):
@@ -202,18 +214,26 @@ class NativeResampler:
             (flux, variance or None, mask): (B, O, P') with NaN where the mask is False; True where
             the target pixel lies inside its row and both neighbouring native pixels are usable.
         """
+        B = self._batch(flux)
+        shape = (B, *self.shape[1:])
         u = self._rows(usable)
-        ut = [torch.gather(u, -1, k) for k in self.taps]
-        good = self.inside & ut[1] & ut[2]
-        use_cubic = good & self.interior & ut[0] & ut[3]
-        wts = [torch.where(use_cubic, c, lin) for c, lin in zip(self.cubic, self.linear)]
+        taps = [k.expand(shape) for k in self.taps]
+        j, j1 = (torch.gather(u, -1, k.expand(shape)) for k in self.neighbours)
+        good = self.inside & j & j1
+        if self.same_kernel:
+            weights = self.cubic
+        else:
+            um, up = (torch.gather(u, -1, k.expand(shape)) for k in self.outer)
+            use_cubic = good & self.interior & um & up
+            weights = [torch.where(use_cubic, c, lin) for c, lin in zip(self.cubic, self.linear)]
         nan = torch.full((), float("nan"), dtype=flux.dtype, device=flux.device)
 
         def apply(x, square: bool):
+            wts = [w.to(x.dtype) for w in weights]
             xz = torch.where(u, self._rows(x), torch.zeros((), dtype=x.dtype, device=x.device))
-            out = torch.zeros(self.shape, dtype=x.dtype, device=x.device)
-            for wk, k in zip(wts, self.taps):
-                out += (wk * wk if square else wk).to(x.dtype) * torch.gather(xz, -1, k)
+            out = torch.zeros(shape, dtype=x.dtype, device=x.device)
+            for wk, k in zip(wts, taps):
+                out += (wk * wk if square else wk) * torch.gather(xz, -1, k)
             return torch.where(good, out, nan)
 
         return apply(flux, False), None if variance is None else apply(variance, True), good

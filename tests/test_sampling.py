@@ -239,9 +239,16 @@ def test_noiseless_unblazed_render_is_the_normalised_spectrum(sampler):
     labels = torch.tensor([[5400.0, 4.2, -0.3, 8.0], [5900.0, 4.9, -0.1, 0.0]])
     b = sampler.render(labels, snr=None, rv=1.5, blaze=False, mask=False)
     spec = sampler.forward.spectra(labels, torch.tensor([1.5, 1.5])).float()
-    norm, m = normalise_orders(spec, torch.ones_like(spec, dtype=torch.bool))
+    # the input builder masks the native order edges (16 px, and the pixel whose right-hand
+    # neighbour is one), as for a file; nothing else without noise or bad pixels
+    edges = torch.ones_like(b.mask)
+    edges[..., :16] = False
+    edges[..., -17:] = False
+    assert torch.equal(b.mask, edges)
+    norm, m = normalise_orders(spec, b.mask)
     torch.testing.assert_close(b.x, model_input(norm, m), atol=1e-5, rtol=0)
-    torch.testing.assert_close(b.x, b.clean, atol=1e-5, rtol=0)
+    # the DAE target is normalised with a full mask: its continuum differs a little near the edges
+    torch.testing.assert_close(b.x[:, 0][b.mask], b.clean[:, 0][b.mask], atol=5e-3, rtol=0)
     # with blaze-like shapes the shared normalisation still recovers the spectrum closely
     bb = sampler.render(labels, snr=None, rv=1.5, blaze=True, mask=False, generator=torch.Generator().manual_seed(4))
     assert float((bb.x[:, 0] - b.x[:, 0]).abs().median()) < 0.01

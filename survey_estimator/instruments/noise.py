@@ -11,14 +11,15 @@ DER_SNR_WINDOW = 201
 """Pixels over which the DER_SNR noise estimate is taken as a running median."""
 
 
-def count_variance(flux_adu: np.ndarray, conad: float, sigdet_e: float) -> np.ndarray:
-    """Photon + readout variance of extracted counts, in ADU^2.
+def count_variance(flux_adu, conad: float, sigdet_e: float):
+    """Photon + readout variance of extracted counts, in ADU^2 (numpy array or torch tensor).
 
     ``var = max(flux, 0) / conad + (sigdet / conad)^2`` with ``conad`` in e-/ADU
-    (``DRS CCD CONAD``) and ``sigdet`` the readout noise in e- (``DRS CCD SIGDET``).
+    (``DRS CCD CONAD``) and ``sigdet`` the readout noise in e- (``DRS CCD SIGDET``); NaN stays
+    NaN. The readers and the training sampler (:mod:`survey_estimator.sampling.sampler`) both
+    estimate the variance of counts with it.
     """
-    f = np.where(np.isfinite(flux_adu), np.maximum(flux_adu, 0.0), np.nan)
-    return f / conad + (sigdet_e / conad) ** 2
+    return flux_adu.clip(min=0.0) / conad + (sigdet_e / conad) ** 2
 
 
 def der_snr_variance(flux: np.ndarray, window: int = DER_SNR_WINDOW) -> np.ndarray:

@@ -51,6 +51,9 @@ class Instrument:
         blaze_card: the card naming the blaze file its old-DRS e2ds frames need
             (``DRS BLAZE FILE``; found by :func:`survey_estimator.instruments.blaze.find_blaze`),
             None when its products carry or need none.
+        read_noise_e: read-out noise per extracted pixel (e-) of its usual setting (what old-DRS
+            headers give in ``DRS CCD SIGDET``), None if unknown; the simulator and the training
+            sampler draw this noise.
     """
 
     name: str
@@ -70,6 +73,7 @@ class Instrument:
     layout: Layout = "resampled"
     native_shape: tuple[int, int] | None = None
     blaze_card: str | None = None
+    read_noise_e: float | None = None
 
     @property
     def location(self) -> "EarthLocation | None":
@@ -111,7 +115,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "HARPS-N", aliases=("HARPN", "HARPS_N"), prefix="TNG", signature="TNG ", file_tag="HARPN",
         site="TNG, Roque de los Muchachos, La Palma", lon_deg=-17.889, lat_deg=28.754, height_m=2387.2,
         resolution=115000.0, radec_cards=("RA-DEG", "DEC-DEG"), layout="canonical", native_shape=(69, 4096),
-        blaze_card="DRS BLAZE FILE",
+        blaze_card="DRS BLAZE FILE", read_noise_e=4.0,
     ),
     Instrument(
         "HARPS", prefix="ESO", signature="ESO DRS ", file_tag="HARPS",

@@ -96,8 +96,25 @@ def continuum_counts_for_snr(snr: torch.Tensor, read_noise: float = 0.0) -> torc
     return 0.5 * (snr**2 + snr * torch.sqrt(snr**2 + 4 * read_noise**2))
 
 
+def counts_scale(continuum: torch.Tensor, snr: torch.Tensor, read_noise: float = 0.0) -> torch.Tensor:
+    """(B,) float64 factor k turning a continuum shape into counts at a median continuum S/N.
+
+    Args:
+        continuum: (B, ...) the continuum shape (blaze x efficiency, or ones).
+        snr: (B,) requested median continuum S/N per pixel; inf or nan gives k = 1 / median(continuum).
+    """
+    B = continuum.shape[0]
+    # the median as numpy takes it (the mean of the two middle values of an even count)
+    ref = torch.quantile(continuum.reshape(B, -1).to(torch.float64), 0.5, dim=1)
+    snr = torch.as_tensor(snr, dtype=torch.float64, device=continuum.device).reshape(B)
+    finite = torch.isfinite(snr)
+    target = torch.where(finite, continuum_counts_for_snr(torch.where(finite, snr, torch.ones_like(snr)), read_noise),
+                         torch.ones_like(snr))
+    return target / ref
+
+
 def scale_to_counts(signal: torch.Tensor, continuum: torch.Tensor, snr: torch.Tensor, read_noise: float = 0.0) -> torch.Tensor:
-    """Scale a batch to counts so that its median continuum S/N is ``snr``.
+    """Scale a batch to counts so that its median continuum S/N is ``snr`` (:func:`counts_scale`).
 
     Args:
         signal: (B, ...) flux = continuum shape x normalised spectrum.
@@ -106,20 +123,22 @@ def scale_to_counts(signal: torch.Tensor, continuum: torch.Tensor, snr: torch.Te
     Returns:
         (B, ...) counts, dtype of ``signal``.
     """
-    B = signal.shape[0]
-    ref = continuum.reshape(B, -1).median(dim=1).values.to(torch.float64)
-    snr = torch.as_tensor(snr, dtype=torch.float64, device=signal.device).reshape(B)
-    finite = torch.isfinite(snr)
-    target = torch.where(finite, continuum_counts_for_snr(torch.where(finite, snr, torch.ones_like(snr)), read_noise),
-                         torch.ones_like(snr))
-    k = (target / ref).to(signal.dtype)
-    return signal * k.reshape(B, *([1] * (signal.dim() - 1)))
+    k = counts_scale(continuum, snr, read_noise).to(signal.dtype)
+    return signal * k.reshape(signal.shape[0], *([1] * (signal.dim() - 1)))
 
 
 def add_noise(counts: torch.Tensor, read_noise: float = 0.0, generator=None) -> torch.Tensor:
     """Gaussian photon + read noise: sigma^2 = max(counts, 0) + read_noise^2."""
     sigma = torch.sqrt(torch.clamp(counts, min=0) + read_noise**2)
     return counts + sigma * torch.randn(counts.shape, generator=generator, device=counts.device, dtype=counts.dtype)
+
+
+def expose(expected: torch.Tensor, read_noise: float, cosmic_rate: float, generator=None) -> torch.Tensor:
+    """What a detector records from expected counts (B, O, P): unflagged cosmic-ray hits
+    (:func:`cosmics`), then photon + read noise (:func:`add_noise`), drawn in that order from
+    ``generator``. The e2ds simulator and the training sampler both expose with it, so one seed
+    gives one file and one training spectrum alike."""
+    return add_noise(cosmics(expected, cosmic_rate, generator), read_noise, generator)
 
 
 def log_uniform(n: int, lo: float, hi: float, generator=None, device="cpu") -> torch.Tensor:

@@ -8,11 +8,17 @@ One batch (:meth:`Sampler.sample`) is made in torch on one device, all steps bat
    interpolation in the four labels, RV residual) in the canonical (8, 4096) layout, the same
    physics the likelihood fit and the Cramer-Rao bound use;
 4. per-order shapes: the seed's linear slant times blaze-like curves (``blaze=True``);
-5. counts at a log-uniform S/N from ``snr_range`` and photon noise (:mod:`.nuisance` defines
-   S/N), unflagged cosmics, bad-pixel masks; the variance a reader would estimate (the counts);
-6. THE shared normalisation (:func:`survey_estimator.normalise.normalise_orders`) and
-   :func:`~survey_estimator.normalise.model_input`, as for real spectra (with the variance of the
-   normalised flux, the fit's noise).
+5. counts at a log-uniform S/N from ``snr_range``, exposed as the e2ds simulator exposes a file
+   (:func:`.nuisance.expose`: unflagged cosmics, photon + the instrument record's read noise;
+   :mod:`.nuisance` defines S/N), bad-pixel masks; the variance a reader estimates from the
+   counts (:func:`survey_estimator.instruments.noise.count_variance`);
+6. THE input builder of real files (:mod:`survey_estimator.inputs`, with
+   :class:`~survey_estimator.inputs.PreprocessConfig` defaults): usable pixels and the native
+   order-edge masks, the cosmic-ray filter, the native-row resampling (here of spectra already in
+   the HARPS-N rows, at rest: the RV residual is in the forward model's spectrum), the shared
+   normalisation and ``model_input`` (with the variance of the normalised flux, the fit's noise).
+   A ``simulate``d e2ds read and built by ``preprocess`` is the same spectrum, masks included
+   (``tests/test_forward_fit.py``).
 
 The DAE target ``clean`` is the same spectrum (same labels and RV) without shapes, noise or bad
 pixels, through the same normalisation, with a full mask (only when asked: ``clean=True``, the
@@ -31,7 +37,11 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from .. import inputs
+from ..instruments.noise import count_variance
+from ..instruments.registry import lookup
 from ..labels import VSINI
+from ..layout import canonical_wave
 from ..normalise import model_input, normalise_orders
 from ..synth.store import DenseGrid, GridStore
 from . import nuisance
@@ -57,7 +67,8 @@ class SamplerConfig:
         vsini_range: (lo, hi) km/s, uniform.
         bad_pixel_rate: isolated bad pixels per pixel (runs start at a tenth of it).
         edge_mask_prob: probability per order of losing a 50-400 px order edge.
-        cosmic_rate: unflagged cosmic hits per pixel.
+        cosmic_rate: unflagged cosmic hits per pixel (masked by the input builder's filter).
+        read_noise: read-out noise (e-) per pixel; default the HARPS-N record's.
         max_slant: largest |slope| of the linear slant across an order.
         val_fraction, test_fraction: fractions of the nodes held out (:mod:`.splits`).
         holdout: False puts every node in training (no validation / test nodes).
@@ -77,6 +88,7 @@ class SamplerConfig:
     bad_pixel_rate: float = 1e-3
     edge_mask_prob: float = 0.03
     cosmic_rate: float = 2e-5
+    read_noise: float = lookup("HARPS-N").read_noise_e
     max_slant: float = 0.3
     val_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -170,6 +182,10 @@ class Sampler:
         self.forward = ForwardModel.from_interpolator(full, ForwardConfig(epsilon=self.config.epsilon), row_labels=labels)
         self.train_forward = self.forward.with_index_map(train.index_map)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.build_config = inputs.PreprocessConfig()
+        wave = torch.as_tensor(np.array(canonical_wave()), device=self.device)[None]
+        self.resampler = inputs.NativeResampler(wave, inputs.nearest_rows(wave))
+        self.native_wave = wave
         log.info("sampler on %s: grid %s, %s nodes, %d sampleable training cells", self.device, self.grid_id,
                  self.split.counts(), len(train.sampleable_cells()))
 
@@ -260,15 +276,20 @@ class Sampler:
         else:
             shape = torch.ones_like(spec)
         shape = shape.to(spec.dtype)
-        counts = nuisance.scale_to_counts(spec * shape, shape, snr)
+        read_noise = c.read_noise if noise else 0.0
+        counts = nuisance.scale_to_counts(spec * shape, shape, snr, read_noise)
         if noise:
-            counts = nuisance.cosmics(counts, c.cosmic_rate, g)
-            counts = nuisance.add_noise(counts, 0.0, g)
+            counts = nuisance.expose(counts, read_noise, c.cosmic_rate, g)
         if mask and (c.bad_pixel_rate > 0 or c.edge_mask_prob > 0):
             usable = nuisance.bad_pixel_mask(B, O, P, c.bad_pixel_rate, c.edge_mask_prob, g, self.device)
         else:
             usable = torch.ones(B, O, P, dtype=torch.bool, device=self.device)
-        # the variance a reader estimates from the counts themselves (photon noise)
-        norm, usable, variance = normalise_orders(counts, usable, counts.clamp_min(1.0))
+        # from here on, what preprocess does to a file: THE input builder
+        variance = count_variance(counts, 1.0, read_noise)
+        cfg = self.build_config
+        usable = inputs.usable_pixels(self.native_wave, counts, variance, usable, cfg.edge_pixels)
+        usable &= ~inputs.cosmic_mask(counts, variance, usable, cfg)
+        flux, variance, usable = self.resampler(usable, counts, variance)
+        x, _, usable, variance = inputs.build(flux, usable, variance)
         target = model_input(*normalise_orders(spec, torch.ones_like(usable))) if clean else None
-        return model_input(norm, usable), usable, variance, target
+        return x, usable, variance, target
