@@ -39,15 +39,27 @@ def wavelength_solution(coeffs: np.ndarray, degree: int, n_pixels: int = N_PIXEL
         n_pixels: pixels per order.
 
     Returns:
-        float64 array (n_orders, n_pixels) of wavelengths (same medium as the coefficients).
+        float64 array (n_orders, n_pixels) of wavelengths (same medium as the coefficients),
+        READ-ONLY: the exposures of a night share their calibration, so the last few solutions
+        are kept and handed out again (copy before changing one).
     """
-    coeffs = np.asarray(coeffs, dtype=np.float64)
+    coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
     if coeffs.size % (degree + 1):
         raise ValueError(f"{coeffs.size} coefficients do not split into orders of degree {degree}")
-    c = coeffs.reshape(-1, degree + 1)
+    return _solution(coeffs.tobytes(), int(degree), int(n_pixels))
+
+
+@lru_cache(maxsize=8)
+def _solution(coeffs: bytes, degree: int, n_pixels: int) -> np.ndarray:
+    """:func:`wavelength_solution` of the coefficients' bytes, by Horner's rule."""
+    c = np.frombuffer(coeffs, dtype=np.float64).reshape(-1, degree + 1)
     x = np.arange(n_pixels, dtype=np.float64)
-    powers = x[None, :] ** np.arange(degree + 1)[:, None]  # (d+1, n_pixels)
-    return c @ powers
+    wave = np.repeat(c[:, degree : degree + 1], n_pixels, axis=1)
+    for k in range(degree - 1, -1, -1):
+        wave *= x
+        wave += c[:, k : k + 1]
+    wave.flags.writeable = False
+    return wave
 
 
 @lru_cache(maxsize=1)
