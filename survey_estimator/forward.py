@@ -380,13 +380,23 @@ class ForwardModel:
             raise ValueError(f"RV residual beyond the forward model's margin of {pad} px")
         a = (u - i0).to(spec.dtype)[:, None]  # (B, 1, O, P)
         ix = (i0 - 1)[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
-        # tap k (offset k - 1 from i0) is read through a view of the pixels shifted by k
-        taps = [torch.gather(spec[..., k : k + Pe - 3], 3, ix) for k in range(4)]
-        out = sum(w * f for w, f in zip(cubic.weights(a), taps))
-        deriv = None
+        weights = cubic.weights(a)
+        derivs = cubic.derivatives(a[:, 0]) if with_derivative else None
+        out = torch.empty((B, C, O, P), dtype=spec.dtype, device=spec.device)
+        tap = torch.empty_like(out)
+        deriv = torch.zeros((B, O, P), dtype=spec.dtype, device=spec.device) if with_derivative else None
+        # tap k (offset k - 1 from i0) is read through a view of the pixels shifted by k, into one
+        # buffer, and accumulated in place
+        for k in range(4):
+            torch.gather(spec[..., k : k + Pe - 3], 3, ix, out=out if k == 0 else tap)
+            if with_derivative:
+                deriv.addcmul_((out if k == 0 else tap)[:, 0], derivs[k])
+            if k == 0:
+                out.mul_(weights[0])
+            else:
+                out.addcmul_(tap, weights[k])
         if with_derivative:  # d/d rv = d/du * du/d rv, du/d rv = -pixels per km/s
-            a0 = a[:, 0]
-            deriv = -sum(d * f[:, 0] for d, f in zip(cubic.derivatives(a0), taps)) * self._px_per_kms[None]
+            deriv.mul_(-self._px_per_kms[None])
         return out, deriv
 
     def spectra(self, labels: torch.Tensor, rv: torch.Tensor | float = 0.0, resolution: float | None = None) -> torch.Tensor:

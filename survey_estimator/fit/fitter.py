@@ -231,33 +231,33 @@ class Fitter:
             act = torch.nonzero(~done)[:, 0]
             if act.numel() == 0:
                 break
-            cont = continuum.evaluate(st.coef[act], self.basis)
-            A, g = likelihood.normal_equations(y[act], w[act], st.spec[act], st.jac[act], cont, self.basis)
-            diag = torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
-            step, info = torch.linalg.solve_ex(A + torch.diag_embed(lam[act, None] * diag), g)
-            step = torch.nan_to_num(step)
-            inv, _ = torch.linalg.inv_ex(A)
-            sigma = torch.sqrt(torch.diagonal(inv, dim1=1, dim2=2)[:, :N_THETA].clamp_min(0))  # scaled units
+            cont = continuum.evaluate(_rows(st.coef, act), self.basis)
+            ne = likelihood.normal_equations(_rows(y, act), _rows(w, act), _rows(st.spec, act), _rows(st.jac, act), cont, self.basis)
+            step = ne.theta_step(lam[act])
+            sigma = torch.sqrt(torch.diagonal(ne.theta_inverse()[0], dim1=1, dim2=2).clamp_min(0))  # scaled units
             # converged before trying: the proposed step is a small fraction of the statistical
             # error, so the current point is the optimum to that fraction (saves one evaluation)
-            tiny = (step[:, :N_THETA].abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            tiny = (step.abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
             tiny &= lam[act] <= 1e-2  # a Gauss-Newton step, not one damped short
             done[act[tiny]] = True
             act, step, sigma = act[~tiny], step[~tiny], sigma[~tiny]
             if act.numel() == 0:
                 break
-            new_theta = torch.minimum(torch.maximum(st.theta[act] + step[:, :N_THETA] * self.scale, self.lo), self.hi)
-            trial = self._evaluate(new_theta, y[act], w[act], resolution)
+            new_theta = torch.minimum(torch.maximum(st.theta[act] + step * self.scale, self.lo), self.hi)
+            trial = self._evaluate(new_theta, _rows(y, act), _rows(w, act), resolution)
             better = torch.isfinite(trial.chi2) & (trial.chi2 <= st.chi2[act])
             moved = ((new_theta - st.theta[act]) / self.scale).abs().amax(dim=1)
             gain = (st.chi2[act] - trial.chi2) / st.chi2[act].clamp_min(1e-300)
             iters[act] += 1
-            sel = act[better]
-            for name in ("theta", "spec", "jac", "coef", "chi2"):
-                getattr(st, name)[sel] = getattr(trial, name)[better]
+            if act.numel() == B and bool(better.all()):
+                st = trial  # every row moved: no copies of the (B, 5, O, P) Jacobian
+            else:
+                sel = act[better]
+                for name in ("theta", "spec", "jac", "coef", "chi2"):
+                    getattr(st, name)[sel] = getattr(trial, name)[better]
             lam[act] = torch.where(better, lam[act] / 3, lam[act] * 5).clamp(1e-9, 1e9)
             # converged: the step is a small fraction of the statistical error (or of a grid step)
-            tiny = (step[:, :N_THETA].abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            tiny = (step.abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
             small = (moved < cfg.step_tolerance) | (better & tiny) | (better & (gain < cfg.tolerance) & (moved < 10 * cfg.step_tolerance))
             done[act] = small | (lam[act] >= 1e9)
         return st, iters, done
@@ -332,8 +332,7 @@ class Fitter:
             at[:, 3] = cfg.vsini_floor
             jac = jac.clone()
             jac[slow] = self.model.spectra_and_jacobian(at[:, :4], at[:, 4], resolution)[1].to(self.work)
-        A, _ = likelihood.normal_equations(y, w_final, st.spec, jac, continuum.evaluate(st.coef, self.basis), self.basis)
-        cov5 = likelihood.covariance(A)
+        cov5 = likelihood.covariance(likelihood.normal_equations(y, w_final, st.spec, jac, continuum.evaluate(st.coef, self.basis), self.basis))
         # a model error is not white: its residuals come in line-wide features, so N pixels hold
         # only ~N / L independent ones and the covariance grows by the correlation length L
         corr = torch.ones(B, dtype=torch.float64, device=dev)
@@ -404,6 +403,11 @@ class Fitter:
         flags[~inside] |= int(FitFlag.OUTSIDE_GRID)
         flags[eps.cpu().numpy() > self.config.poor_fit_model_error] |= int(FitFlag.POOR_FIT)
         return flags
+
+
+def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t[rows]`` for a (n,) index tensor; ``t`` itself (no copy) when ``rows`` are all of its rows in order."""
+    return t if rows.numel() == t.shape[0] else t[rows]
 
 
 def correlation_length(resid: torch.Tensor, mask: torch.Tensor, max_lag: int = 64) -> torch.Tensor:
