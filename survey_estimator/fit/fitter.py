@@ -81,6 +81,9 @@ class FitConfig:
             derivative in v sin i vanishes and the Fisher matrix is singular).
         model_variance_snr: below this median S/N the noise variance is re-derived from the model
             (photon noise of the fitted spectrum, not of the noisy data) and the fit repeated.
+        first_pass_sigma_tolerance: ``sigma_tolerance`` of the first pass for those spectra: the
+            repeated fit converges to ``sigma_tolerance`` from there, so the first needs only to
+            come near its optimum (saves LM iterations).
         clip_sigma: pixels whose residual exceeds this many sigmas after the first pass (cosmics,
             bad pixels the mask missed) are masked, with their neighbours, for the final pass.
         precision: dtype of the per-pixel work ("float32"; the normal equations are solved in
@@ -91,6 +94,7 @@ class FitConfig:
     tolerance: float = 1e-6
     step_tolerance: float = 1e-3
     sigma_tolerance: float = 0.05
+    first_pass_sigma_tolerance: float = 0.3
     model_error: str | float = "auto"
     poor_fit_model_error: float = 0.12
     wide_sigma_steps: float = 0.5
@@ -210,11 +214,11 @@ class Fitter:
         chi2 = likelihood.chi2(y, spec * continuum.evaluate(coef, self.basis), w)
         return _State(theta, spec, jac, coef, chi2)
 
-    def _lm(self, theta, y, w, resolution, state: _State | None = None):
+    def _lm(self, theta, y, w, resolution, state: _State | None = None, sigma_tolerance: torch.Tensor | None = None):
         """Minimise chi^2 from ``theta`` (B, 5) with fixed weights; returns (state, iterations, converged).
 
         ``state``: the model already evaluated at ``theta`` (only the continuum and chi^2 are redone
-        for the new weights)."""
+        for the new weights); ``sigma_tolerance``: (B,) per spectrum (default: the config's)."""
         cfg = self.config
         B = theta.shape[0]
         if state is None:
@@ -226,7 +230,7 @@ class Fitter:
         lam = torch.full((B,), 1e-3, dtype=torch.float64, device=theta.device)
         iters = torch.zeros(B, dtype=torch.long, device=theta.device)
         done = torch.zeros(B, dtype=torch.bool, device=theta.device)
-        O, D = st.coef.shape[1], st.coef.shape[2]
+        tol = torch.full((B,), cfg.sigma_tolerance, dtype=torch.float64, device=theta.device) if sigma_tolerance is None else sigma_tolerance
         for _ in range(cfg.max_iterations):
             act = torch.nonzero(~done)[:, 0]
             if act.numel() == 0:
@@ -237,7 +241,7 @@ class Fitter:
             sigma = torch.sqrt(torch.diagonal(ne.theta_inverse()[0], dim1=1, dim2=2).clamp_min(0))  # scaled units
             # converged before trying: the proposed step is a small fraction of the statistical
             # error, so the current point is the optimum to that fraction (saves one evaluation)
-            tiny = (step.abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            tiny = (step.abs() <= _rows(tol, act)[:, None] * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
             tiny &= lam[act] <= 1e-2  # a Gauss-Newton step, not one damped short
             done[act[tiny]] = True
             act, step, sigma = act[~tiny], step[~tiny], sigma[~tiny]
@@ -257,7 +261,7 @@ class Fitter:
                     getattr(st, name)[sel] = getattr(trial, name)[better]
             lam[act] = torch.where(better, lam[act] / 3, lam[act] * 5).clamp(1e-9, 1e9)
             # converged: the step is a small fraction of the statistical error (or of a grid step)
-            tiny = (step.abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            tiny = (step.abs() <= tol[act, None] * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
             small = (moved < cfg.step_tolerance) | (better & tiny) | (better & (gain < cfg.tolerance) & (moved < 10 * cfg.step_tolerance))
             done[act] = small | (lam[act] >= 1e9)
         return st, iters, done
@@ -288,7 +292,12 @@ class Fitter:
         theta = torch.minimum(torch.maximum(torch.nan_to_num(theta), self.lo), self.hi)
         eps0 = 0.0 if cfg.model_error == "auto" else float(cfg.model_error)
         w = likelihood.weights(mask, var, torch.ones_like(y), eps0)
-        st, iters, conv = self._lm(theta, y, w, resolution)
+        # at low S/N the fit is repeated with the model's variance (below): the first pass only
+        # needs to come near its optimum
+        snr = measured_snr(y, var, mask)
+        low = torch.isfinite(snr) & (snr < cfg.model_variance_snr)
+        tol = torch.where(low, cfg.first_pass_sigma_tolerance, cfg.sigma_tolerance).to(torch.float64)
+        st, iters, conv = self._lm(theta, y, w, resolution, sigma_tolerance=tol)
         n_used = mask.sum(dim=(1, 2))
         orders_used = (mask.sum(dim=2) > 0).sum(dim=1)
         dof = (n_used - N_THETA - orders_used * self.basis.shape[0]).clamp_min(1).to(torch.float64)
@@ -297,8 +306,6 @@ class Fitter:
         # at low S/N a variance estimated from the noisy counts is correlated with the noise and
         # biases the fit: photon noise of the MODEL instead, var * model / y (the counts-per-unit-
         # flux scale y / var is smooth), and the fit repeated
-        snr = measured_snr(y, var, mask)
-        low = torch.isfinite(snr) & (snr < cfg.model_variance_snr)
         if low.any():
             var = torch.where(low[:, None, None] & mask & (y > 0), var * model.clamp_min(1e-3) / y.clamp_min(1e-3), var)
             st, iters, conv = self._refit(st, iters, conv, low, y, likelihood.weights(mask, var, model, eps0), resolution)
