@@ -370,16 +370,17 @@ class ForwardModel:
         pad = self.config.pad
         B, C, O, Pe = spec.shape
         P = Pe - 2 * pad
-        x = torch.arange(P, dtype=torch.float64, device=self.device) + pad
-        # a pixel at rest wavelength lambda sees the table at lambda / D(rv): u = x - ln D(rv) / dlnw
+        x = torch.arange(P, device=self.device) + pad
+        # a pixel at rest wavelength lambda sees the table at lambda / D(rv): u = x + t with the
+        # offset t = -ln D(rv) / dlnw, so floor(u) = x + floor(t) and the fraction is t - floor(t)
         b = rv.to(torch.float64) / C_KMS
         ln_d = 0.5 * (torch.log1p(b) - torch.log1p(-b))
-        u = x[None, None, :] - (ln_d * C_KMS)[:, None, None] * self._px_per_kms.to(torch.float64)[None]  # (B, O, P)
-        i0 = torch.floor(u).long()
-        if int(i0.min()) < 1 or int(i0.max()) > Pe - 3:
+        t = (-ln_d * C_KMS)[:, None, None] * self._px_per_kms.to(torch.float64)[None]  # (B, O, P) pixels
+        floor_t = torch.floor(t)
+        if float(floor_t.min()) < 1 - pad or float(floor_t.max()) > pad - 2:
             raise ValueError(f"RV residual beyond the forward model's margin of {pad} px")
-        a = (u - i0).to(spec.dtype)[:, None]  # (B, 1, O, P)
-        ix = (i0 - 1)[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
+        a = (t - floor_t).to(spec.dtype)[:, None]  # (B, 1, O, P)
+        ix = (floor_t.long() + (x - 1))[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
         weights = cubic.weights(a)
         derivs = cubic.derivatives(a[:, 0]) if with_derivative else None
         out = torch.empty((B, C, O, P), dtype=spec.dtype, device=spec.device)
