@@ -15,16 +15,26 @@ from __future__ import annotations
 
 
 def weights(t):
-    """Keys (a = -1/2) weights (w_-1, w_0, w_1, w_2) at fraction ``t``; they sum to 1."""
+    """Keys (a = -1/2) weights (w_-1, w_0, w_1, w_2) at fraction ``t``; they sum to 1.
+
+    Factored forms (``w_-1 = -t (t-1)^2 / 2``, ``w_2 = t^2 (t-1) / 2``, ``w_1 = 1 - the others``):
+    14 array operations instead of 18 (the forward model evaluates them at every pixel of every
+    fit iteration)."""
     t2 = t * t
-    t3 = t2 * t
-    return (0.5 * (-t3 + 2 * t2 - t), 1.5 * t3 - 2.5 * t2 + 1, 0.5 * (-3 * t3 + 4 * t2 + t), 0.5 * (t3 - t2))
+    s = t - 1
+    wm = (-0.5 * t) * (s * s)
+    w2 = (0.5 * s) * t2
+    w0 = (1.5 * t - 2.5) * t2 + 1
+    return (wm, w0, 1 - (wm + w2) - w0, w2)
 
 
 def derivatives(t):
     """d weights / d t, same order as :func:`weights`; they sum to 0."""
-    t2 = t * t
-    return (0.5 * (-3 * t2 + 4 * t - 1), 4.5 * t2 - 5 * t, 0.5 * (-9 * t2 + 8 * t + 1), 0.5 * (3 * t2 - 2 * t))
+    s = t - 1
+    dm = (-1.5 * t + 0.5) * s
+    d2 = (1.5 * t - 1) * t
+    d0 = (4.5 * t - 5) * t
+    return (dm, d0, -(dm + d2) - d0, d2)
 
 
 __all__ = ["weights", "derivatives"]

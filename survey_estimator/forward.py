@@ -370,23 +370,34 @@ class ForwardModel:
         pad = self.config.pad
         B, C, O, Pe = spec.shape
         P = Pe - 2 * pad
-        x = torch.arange(P, dtype=torch.float64, device=self.device) + pad
-        # a pixel at rest wavelength lambda sees the table at lambda / D(rv): u = x - ln D(rv) / dlnw
+        x = torch.arange(P, device=self.device) + pad
+        # a pixel at rest wavelength lambda sees the table at lambda / D(rv): u = x + t with the
+        # offset t = -ln D(rv) / dlnw, so floor(u) = x + floor(t) and the fraction is t - floor(t)
         b = rv.to(torch.float64) / C_KMS
         ln_d = 0.5 * (torch.log1p(b) - torch.log1p(-b))
-        u = x[None, None, :] - (ln_d * C_KMS)[:, None, None] * self._px_per_kms.to(torch.float64)[None]  # (B, O, P)
-        i0 = torch.floor(u).long()
-        if int(i0.min()) < 1 or int(i0.max()) > Pe - 3:
+        t = (-ln_d * C_KMS)[:, None, None] * self._px_per_kms.to(torch.float64)[None]  # (B, O, P) pixels
+        floor_t = torch.floor(t)
+        if float(floor_t.min()) < 1 - pad or float(floor_t.max()) > pad - 2:
             raise ValueError(f"RV residual beyond the forward model's margin of {pad} px")
-        a = (u - i0).to(spec.dtype)[:, None]  # (B, 1, O, P)
-        ix = (i0 - 1)[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
-        # tap k (offset k - 1 from i0) is read through a view of the pixels shifted by k
-        taps = [torch.gather(spec[..., k : k + Pe - 3], 3, ix) for k in range(4)]
-        out = sum(w * f for w, f in zip(cubic.weights(a), taps))
-        deriv = None
+        a = (t - floor_t).to(spec.dtype)[:, None]  # (B, 1, O, P)
+        ix = (floor_t.long() + (x - 1))[:, None].expand(B, C, O, P)  # a view: no copy of the index per channel
+        weights = cubic.weights(a)
+        derivs = cubic.derivatives(a[:, 0]) if with_derivative else None
+        out = torch.empty((B, C, O, P), dtype=spec.dtype, device=spec.device)
+        tap = torch.empty_like(out)
+        deriv = torch.zeros((B, O, P), dtype=spec.dtype, device=spec.device) if with_derivative else None
+        # tap k (offset k - 1 from i0) is read through a view of the pixels shifted by k, into one
+        # buffer, and accumulated in place
+        for k in range(4):
+            torch.gather(spec[..., k : k + Pe - 3], 3, ix, out=out if k == 0 else tap)
+            if with_derivative:
+                deriv.addcmul_((out if k == 0 else tap)[:, 0], derivs[k])
+            if k == 0:
+                out.mul_(weights[0])
+            else:
+                out.addcmul_(tap, weights[k])
         if with_derivative:  # d/d rv = d/du * du/d rv, du/d rv = -pixels per km/s
-            a0 = a[:, 0]
-            deriv = -sum(d * f[:, 0] for d, f in zip(cubic.derivatives(a0), taps)) * self._px_per_kms[None]
+            deriv.mul_(-self._px_per_kms[None])
         return out, deriv
 
     def spectra(self, labels: torch.Tensor, rv: torch.Tensor | float = 0.0, resolution: float | None = None) -> torch.Tensor:

@@ -37,6 +37,5 @@ def cramer_rao(model: ForwardModel, labels, snr=None, rv=0.0, mask=None, resolut
     var = noise_variance(spec, snr) if variance is None else torch.as_tensor(np.asarray(variance), dtype=torch.float64)
     w = likelihood.weights(mask, var, spec, 0.0)
     basis = continuum.design(spec.shape[-1], degree, dtype=torch.float64)
-    A, _ = likelihood.normal_equations(spec, w, spec, jac, torch.ones_like(spec), basis)
-    cov = likelihood.covariance(A)
+    cov = likelihood.covariance(likelihood.normal_equations(spec, w, spec, jac, torch.ones_like(spec), basis))
     return torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2)).numpy()

@@ -81,6 +81,9 @@ class FitConfig:
             derivative in v sin i vanishes and the Fisher matrix is singular).
         model_variance_snr: below this median S/N the noise variance is re-derived from the model
             (photon noise of the fitted spectrum, not of the noisy data) and the fit repeated.
+        first_pass_sigma_tolerance: ``sigma_tolerance`` of the first pass for those spectra: the
+            repeated fit converges to ``sigma_tolerance`` from there, so the first needs only to
+            come near its optimum (saves LM iterations).
         clip_sigma: pixels whose residual exceeds this many sigmas after the first pass (cosmics,
             bad pixels the mask missed) are masked, with their neighbours, for the final pass.
         precision: dtype of the per-pixel work ("float32"; the normal equations are solved in
@@ -91,6 +94,7 @@ class FitConfig:
     tolerance: float = 1e-6
     step_tolerance: float = 1e-3
     sigma_tolerance: float = 0.05
+    first_pass_sigma_tolerance: float = 0.3
     model_error: str | float = "auto"
     poor_fit_model_error: float = 0.12
     wide_sigma_steps: float = 0.5
@@ -210,11 +214,11 @@ class Fitter:
         chi2 = likelihood.chi2(y, spec * continuum.evaluate(coef, self.basis), w)
         return _State(theta, spec, jac, coef, chi2)
 
-    def _lm(self, theta, y, w, resolution, state: _State | None = None):
+    def _lm(self, theta, y, w, resolution, state: _State | None = None, sigma_tolerance: torch.Tensor | None = None):
         """Minimise chi^2 from ``theta`` (B, 5) with fixed weights; returns (state, iterations, converged).
 
         ``state``: the model already evaluated at ``theta`` (only the continuum and chi^2 are redone
-        for the new weights)."""
+        for the new weights); ``sigma_tolerance``: (B,) per spectrum (default: the config's)."""
         cfg = self.config
         B = theta.shape[0]
         if state is None:
@@ -226,38 +230,38 @@ class Fitter:
         lam = torch.full((B,), 1e-3, dtype=torch.float64, device=theta.device)
         iters = torch.zeros(B, dtype=torch.long, device=theta.device)
         done = torch.zeros(B, dtype=torch.bool, device=theta.device)
-        O, D = st.coef.shape[1], st.coef.shape[2]
+        tol = torch.full((B,), cfg.sigma_tolerance, dtype=torch.float64, device=theta.device) if sigma_tolerance is None else sigma_tolerance
         for _ in range(cfg.max_iterations):
             act = torch.nonzero(~done)[:, 0]
             if act.numel() == 0:
                 break
-            cont = continuum.evaluate(st.coef[act], self.basis)
-            A, g = likelihood.normal_equations(y[act], w[act], st.spec[act], st.jac[act], cont, self.basis)
-            diag = torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
-            step, info = torch.linalg.solve_ex(A + torch.diag_embed(lam[act, None] * diag), g)
-            step = torch.nan_to_num(step)
-            inv, _ = torch.linalg.inv_ex(A)
-            sigma = torch.sqrt(torch.diagonal(inv, dim1=1, dim2=2)[:, :N_THETA].clamp_min(0))  # scaled units
+            cont = continuum.evaluate(_rows(st.coef, act), self.basis)
+            ne = likelihood.normal_equations(_rows(y, act), _rows(w, act), _rows(st.spec, act), _rows(st.jac, act), cont, self.basis)
+            step = ne.theta_step(lam[act])
+            sigma = torch.sqrt(torch.diagonal(ne.theta_inverse()[0], dim1=1, dim2=2).clamp_min(0))  # scaled units
             # converged before trying: the proposed step is a small fraction of the statistical
             # error, so the current point is the optimum to that fraction (saves one evaluation)
-            tiny = (step[:, :N_THETA].abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            tiny = (step.abs() <= _rows(tol, act)[:, None] * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
             tiny &= lam[act] <= 1e-2  # a Gauss-Newton step, not one damped short
             done[act[tiny]] = True
             act, step, sigma = act[~tiny], step[~tiny], sigma[~tiny]
             if act.numel() == 0:
                 break
-            new_theta = torch.minimum(torch.maximum(st.theta[act] + step[:, :N_THETA] * self.scale, self.lo), self.hi)
-            trial = self._evaluate(new_theta, y[act], w[act], resolution)
+            new_theta = torch.minimum(torch.maximum(st.theta[act] + step * self.scale, self.lo), self.hi)
+            trial = self._evaluate(new_theta, _rows(y, act), _rows(w, act), resolution)
             better = torch.isfinite(trial.chi2) & (trial.chi2 <= st.chi2[act])
             moved = ((new_theta - st.theta[act]) / self.scale).abs().amax(dim=1)
             gain = (st.chi2[act] - trial.chi2) / st.chi2[act].clamp_min(1e-300)
             iters[act] += 1
-            sel = act[better]
-            for name in ("theta", "spec", "jac", "coef", "chi2"):
-                getattr(st, name)[sel] = getattr(trial, name)[better]
+            if act.numel() == B and bool(better.all()):
+                st = trial  # every row moved: no copies of the (B, 5, O, P) Jacobian
+            else:
+                sel = act[better]
+                for name in ("theta", "spec", "jac", "coef", "chi2"):
+                    getattr(st, name)[sel] = getattr(trial, name)[better]
             lam[act] = torch.where(better, lam[act] / 3, lam[act] * 5).clamp(1e-9, 1e9)
             # converged: the step is a small fraction of the statistical error (or of a grid step)
-            tiny = (step[:, :N_THETA].abs() <= cfg.sigma_tolerance * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
+            tiny = (step.abs() <= tol[act, None] * torch.nan_to_num(sigma, nan=0.0)).all(dim=1)
             small = (moved < cfg.step_tolerance) | (better & tiny) | (better & (gain < cfg.tolerance) & (moved < 10 * cfg.step_tolerance))
             done[act] = small | (lam[act] >= 1e9)
         return st, iters, done
@@ -288,7 +292,12 @@ class Fitter:
         theta = torch.minimum(torch.maximum(torch.nan_to_num(theta), self.lo), self.hi)
         eps0 = 0.0 if cfg.model_error == "auto" else float(cfg.model_error)
         w = likelihood.weights(mask, var, torch.ones_like(y), eps0)
-        st, iters, conv = self._lm(theta, y, w, resolution)
+        # at low S/N the fit is repeated with the model's variance (below): the first pass only
+        # needs to come near its optimum
+        snr = measured_snr(y, var, mask)
+        low = torch.isfinite(snr) & (snr < cfg.model_variance_snr)
+        tol = torch.where(low, cfg.first_pass_sigma_tolerance, cfg.sigma_tolerance).to(torch.float64)
+        st, iters, conv = self._lm(theta, y, w, resolution, sigma_tolerance=tol)
         n_used = mask.sum(dim=(1, 2))
         orders_used = (mask.sum(dim=2) > 0).sum(dim=1)
         dof = (n_used - N_THETA - orders_used * self.basis.shape[0]).clamp_min(1).to(torch.float64)
@@ -297,8 +306,6 @@ class Fitter:
         # at low S/N a variance estimated from the noisy counts is correlated with the noise and
         # biases the fit: photon noise of the MODEL instead, var * model / y (the counts-per-unit-
         # flux scale y / var is smooth), and the fit repeated
-        snr = measured_snr(y, var, mask)
-        low = torch.isfinite(snr) & (snr < cfg.model_variance_snr)
         if low.any():
             var = torch.where(low[:, None, None] & mask & (y > 0), var * model.clamp_min(1e-3) / y.clamp_min(1e-3), var)
             st, iters, conv = self._refit(st, iters, conv, low, y, likelihood.weights(mask, var, model, eps0), resolution)
@@ -332,8 +339,7 @@ class Fitter:
             at[:, 3] = cfg.vsini_floor
             jac = jac.clone()
             jac[slow] = self.model.spectra_and_jacobian(at[:, :4], at[:, 4], resolution)[1].to(self.work)
-        A, _ = likelihood.normal_equations(y, w_final, st.spec, jac, continuum.evaluate(st.coef, self.basis), self.basis)
-        cov5 = likelihood.covariance(A)
+        cov5 = likelihood.covariance(likelihood.normal_equations(y, w_final, st.spec, jac, continuum.evaluate(st.coef, self.basis), self.basis))
         # a model error is not white: its residuals come in line-wide features, so N pixels hold
         # only ~N / L independent ones and the covariance grows by the correlation length L
         corr = torch.ones(B, dtype=torch.float64, device=dev)
@@ -404,6 +410,11 @@ class Fitter:
         flags[~inside] |= int(FitFlag.OUTSIDE_GRID)
         flags[eps.cpu().numpy() > self.config.poor_fit_model_error] |= int(FitFlag.POOR_FIT)
         return flags
+
+
+def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t[rows]`` for a (n,) index tensor; ``t`` itself (no copy) when ``rows`` are all of its rows in order."""
+    return t if rows.numel() == t.shape[0] else t[rows]
 
 
 def correlation_length(resid: torch.Tensor, mask: torch.Tensor, max_lag: int = 64) -> torch.Tensor:
