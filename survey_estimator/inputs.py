@@ -55,6 +55,8 @@ class PreprocessConfig:
     """Native data within this margin (A) of the canonical range are kept."""
 
 
+SNAP = 1e-9
+"""Fraction of a native pixel within which a target pixel is taken to sit on it."""
 LEVEL_WINDOW = 51
 """Pixels of the running median that gives a cosmic's local flux level (with the short one)."""
 SHARPNESS = 0.4
@@ -181,6 +183,13 @@ class NativeResampler:
         w0, w1 = torch.gather(w, -1, j), torch.gather(w, -1, j + 1)
         self.inside = (t >= w[..., :1]) & (t <= w[..., -1:])
         a = (t - w0) / (w1 - w0)
+        # a target pixel on a native pixel (to SNAP of a pixel: a solution evaluated from header
+        # cards differs from the reference one in the last bits) IS that native pixel
+        up = (a > 1 - SNAP) & (j + 1 <= P - 2)
+        j = j + up
+        a = torch.where(up | (a.abs() < SNAP), torch.zeros_like(a), a)
+        w0, w1 = torch.gather(w, -1, j), torch.gather(w, -1, j + 1)
+        self.on_left, self.on_right = a == 0, a == 1
         jm, jp = (j - 1).clamp_min(0), (j + 2).clamp_max(P - 1)
         dw = w1 - w0
         even = ((w0 - torch.gather(w, -1, jm)) / dw - 1).abs().lt(0.05) & ((torch.gather(w, -1, jp) - w1) / dw - 1).abs().lt(0.05)
@@ -219,7 +228,8 @@ class NativeResampler:
         u = self._rows(usable)
         taps = [k.expand(shape) for k in self.taps]
         j, j1 = (torch.gather(u, -1, k.expand(shape)) for k in self.neighbours)
-        good = self.inside & j & j1
+        # a neighbour of weight zero need not be usable: on a native pixel the output is that pixel
+        good = self.inside & (j | self.on_right) & (j1 | self.on_left)
         if self.same_kernel:
             weights = self.cubic
         else:

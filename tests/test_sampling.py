@@ -239,11 +239,11 @@ def test_noiseless_unblazed_render_is_the_normalised_spectrum(sampler):
     labels = torch.tensor([[5400.0, 4.2, -0.3, 8.0], [5900.0, 4.9, -0.1, 0.0]])
     b = sampler.render(labels, snr=None, rv=1.5, blaze=False, mask=False)
     spec = sampler.forward.spectra(labels, torch.tensor([1.5, 1.5])).float()
-    # the input builder masks the native order edges (16 px, and the pixel whose right-hand
-    # neighbour is one), as for a file; nothing else without noise or bad pixels
+    # the input builder masks the native order edges (16 px), as for a file; nothing else without
+    # noise or bad pixels (training spectra sit on the native pixels: the resampling is the identity)
     edges = torch.ones_like(b.mask)
     edges[..., :16] = False
-    edges[..., -17:] = False
+    edges[..., -16:] = False
     assert torch.equal(b.mask, edges)
     norm, m = normalise_orders(spec, b.mask)
     torch.testing.assert_close(b.x, model_input(norm, m), atol=1e-5, rtol=0)
