@@ -8,20 +8,20 @@ import pyarrow.dataset as pads
 
 from survey_estimator.models.resolve import ModelRef
 from survey_estimator.catalogue.predict import Estimates, build_table
-from survey_estimator.catalogue.read import META_FLOAT, rows_to_batch
+from survey_estimator.catalogue.rows import HEADER_FIELDS, new_row, to_batch
 
 
 def fake_rows(uris, nights, status="ok", snr=50.0, etag="e1", error_class="permanent"):
-    """Read-stage rows (as read_batch makes them) for the given URIs and nights."""
+    """A read batch (as read_batch makes it) for the given URIs and nights; header floats 1.0."""
     rows = []
     for uri, night in zip(uris, nights):
-        r = {k: 1.0 for k in META_FLOAT}
+        r = new_row(**{f.name: 1.0 for f in HEADER_FIELDS if f.dtype.kind == "f"})
         r.update(source_uri=uri, etag=etag, size_bytes=1000, night=night, object="HD 1", instrument="HARPS-N",
                  drs_version="HARPN_3.7", snr=snr, flags=0, status=status, error=None if status == "ok" else "bad file",
-                 error_class=None if status == "ok" else error_class, preprocessing_version="pp-1", code_version="code-1", x=np.zeros((2, 8, 4096), np.float32),
-                 ivar=np.zeros((8, 4096), np.float32), resolution=115000.0)
+                 error_class=None if status == "ok" else error_class, preprocessing_version="pp-1", code_version="code-1",
+                 resolution=115000.0)
         rows.append(r)
-    return rows_to_batch(rows)
+    return to_batch(rows)
 
 
 def write_catalogue(root, uris, nights, teff, model=("m", "1"), status="ok", etag="e1", fs=None, error_class="permanent"):

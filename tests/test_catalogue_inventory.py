@@ -156,11 +156,13 @@ def test_retry_classes_of_per_file_failures(tmp_path, data_dir):
     assert E2DS in row["error"] and row["code_version"] == "c1"
 
 
-def test_predict_step_is_inside_the_per_file_guard(tmp_path):
+def test_predict_step_is_inside_the_per_file_guard(tmp_path, monkeypatch):
     """A model batch that fails is estimated row by row; rows that still fail become error rows
-    with their class (the model refuses an input of the wrong shape: a ValueError, so permanent)."""
+    with their class (the model refuses its input: a ValueError, so permanent). A batch that
+    breaks the row contract is a bug of the read stage: refused whole, naming the column."""
     from catalogue_testing import fake_rows, save_tiny_bundle
     from survey_estimator.catalogue.predict import FitOptions, Predictor
+    from survey_estimator.catalogue.rows import BatchError
     from survey_estimator.models.resolve import resolve_model
 
     ref = resolve_model(str(save_tiny_bundle(tmp_path / "b")))
@@ -168,8 +170,14 @@ def test_predict_step_is_inside_the_per_file_guard(tmp_path):
     batch = fake_rows(["s3://x/a.fits", "s3://x/b.fits"], ["2016-01-07"] * 2)
     good = predictor(dict(batch))
     assert good["status"].to_pylist() == ["ok", "ok"]
-    bad = dict(batch, x=np.zeros((2, 8, 4096), np.float32))  # no flux/mask axis: the network cannot take it
-    table = predictor(bad)
+    with pytest.raises(BatchError, match="'x'"):
+        predictor(dict(batch, x=np.zeros((2, 8, 4096), np.float32)))  # no flux/mask axis
+
+    def refuse(x):
+        raise ValueError("model input refused")
+
+    monkeypatch.setattr(predictor, "predict", refuse)
+    table = predictor(dict(batch))
     assert table.num_rows == 2 and table["status"].to_pylist() == ["error", "error"]
     assert table["error_class"].to_pylist() == ["permanent"] * 2
-    assert all("model input must be" in e and n in e for e, n in zip(table["error"].to_pylist(), ["a.fits", "b.fits"]))
+    assert all("model input refused" in e and n in e for e, n in zip(table["error"].to_pylist(), ["a.fits", "b.fits"]))

@@ -387,16 +387,17 @@ def _execute(config: CatalogueConfig, ref: ModelRef, todo: list[ArchiveObject], 
 def lost_rows(files: list[ArchiveObject], ref: ModelRef, code: str) -> pa.Table:
     """Transient error rows (catalogue schema) for files whose block Ray lost."""
     from .predict import Estimates, build_table
-    from .read import _base_row, rows_to_batch
+    from .read import blank_row
+    from .rows import to_batch
 
     rows = []
     for f in files:
-        row = _base_row(f.night_hint or night_now(), ReadOptions(code=code))
+        row = blank_row(f.night_hint or night_now(), code)
         name = f.uri.rsplit("/", 1)[-1]
         row.update(error_fields(TransientError("its read task or model actor was lost (worker died, e.g. out of memory)"),
                                 name, "ray"), source_uri=f.uri, etag=f.etag, size_bytes=int(f.size))
         rows.append(row)
-    batch = rows_to_batch(rows)
+    batch = to_batch(rows)
     return build_table(batch, np.zeros(len(rows), bool), Estimates.empty(len(rows), batch["flags"]), ref)
 
 

@@ -2,9 +2,10 @@
 read rows into catalogue rows.
 
 Mapped by Ray Data with ``ActorPoolStrategy`` (GPU actors when ``num_gpus`` > 0). Input batches
-are numpy dicts from :func:`survey_estimator.catalogue.read.read_batch` (``x``: (B, 2, 8, 4096)
-float32, ``ivar``: (B, 8, 4096)); output batches are ``pyarrow.Table`` objects with exactly
-:data:`survey_estimator.catalogue.schema.SCHEMA`. Error rows pass through with null estimates.
+are read batches (:mod:`survey_estimator.catalogue.rows`: ``x`` (B, 2, 8, 4096) float32, ``ivar``
+(B, 8, 4096) float32, the read stage's catalogue columns), checked on entry; output batches are
+``pyarrow.Table`` objects with exactly :data:`survey_estimator.catalogue.schema.SCHEMA`. Error
+rows pass through with null estimates.
 
 Per spectrum: the network's estimate (columns ``nn_*``), then, when a grid is reachable
 (:func:`survey_estimator.fit.grid.resolve_grid`), the likelihood fit from it
@@ -24,6 +25,7 @@ from ..labels import LABEL_NAMES
 from ..storage import redact
 from ..models.resolve import ModelRef, load_bundle
 from .read import WorkerEnv
+from .rows import arrow_columns, check_batch
 from .schema import COV_SIZE, SCHEMA, STATUS_OK, CatalogueFlag, catalogue_flags
 
 
@@ -148,9 +150,9 @@ class Predictor:
         est.mean[ok], est.sigma[ok], est.cov[ok] = m, s, c.reshape(len(m), COV_SIZE)
         est.method[ok] = "network"
         est.flags[ok] |= catalogue_flags(m, s, mask, self.bundle.label_bounds, self.bundle.sigma_limits)
-        if self.fitter is not None and "ivar" in batch:
+        if self.fitter is not None:
             self._fit(est, rows, x, np.asarray(batch["ivar"], dtype=np.float32)[ok], m, s,
-                      np.asarray(batch.get("resolution", np.full(n, np.nan)), dtype=np.float64)[ok])
+                      np.asarray(batch["resolution"], dtype=np.float64)[ok])
         return est
 
     def _fit(self, est: Estimates, rows, x, ivar, nn_mean, nn_sigma, resolution) -> None:
@@ -184,13 +186,17 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Catalogue rows for a read batch. The predict step is inside the per-file guard: when
         the batch fails, each row is estimated alone and the rows that still fail become error
-        rows with their retry class (e.g. MemoryError: transient)."""
+        rows with their retry class (e.g. MemoryError: transient).
+
+        Raises:
+            BatchError: ``batch`` breaks the row contract (:func:`~survey_estimator.catalogue.rows.check_batch`).
+        """
+        check_batch(batch)
         try:
             est = self.estimate(batch)
         except Exception as exc:
             log.warning("model batch of %d rows failed (%s: %s); estimating row by row", len(batch["status"]),
                         type(exc).__name__, redact(str(exc)))
-            batch = {k: (np.array(v, dtype=object) if isinstance(v, list) else v) for k, v in batch.items()}
             parts = [self._one(batch, i) for i in range(len(batch["status"]))]
             return pa.concat_tables(parts) if parts else build_table(batch, np.zeros(0, bool), Estimates.empty(0, []), self.ref)
         ok = np.asarray([s == STATUS_OK for s in batch["status"]], dtype=bool)
@@ -214,44 +220,33 @@ class Predictor:
 def build_table(batch: dict, ok: np.ndarray, est: Estimates, ref: ModelRef) -> pa.Table:
     """Assemble a catalogue table (SCHEMA) from a read batch and its :class:`Estimates`.
 
-    Estimates of error rows become nulls; ``processed_at`` is now (UTC).
+    The read stage's columns come from the batch (:func:`~survey_estimator.catalogue.rows.arrow_columns`),
+    the model stage's from ``est`` and ``ref``; ``flags`` is ``est.flags`` (the read stage's bits
+    with the model's added). Estimates of error rows become nulls; ``processed_at`` is now (UTC).
+
+    Raises:
+        BatchError: ``batch`` breaks the row contract.
     """
-    n = len(ok)
-    cols: dict[str, pa.Array] = {}
+    n = check_batch(batch)
     now = dt.datetime.now(dt.timezone.utc)
     per_row = {"method": est.method, "chi2_red": est.chi2_red, "model_error": est.model_error, "fit_rv_kms": est.fit_rv,
                "fit_iterations": est.fit_iterations, "fit_converged": est.fit_converged, "grid_id": est.grid_id}
     for j, name in enumerate(LABEL_NAMES):
         per_row.update({name: est.mean[:, j], f"{name}_err": est.sigma[:, j],
                         f"nn_{name}": est.nn_mean[:, j], f"nn_{name}_err": est.nn_sigma[:, j]})
-    for field in SCHEMA:
-        name = field.name
-        if name in per_row:
-            values = per_row[name]
-            if values.dtype == object:
-                cols[name] = pa.array(list(values), field.type)
-            else:
-                cols[name] = pa.array(values, field.type, mask=~(ok & np.isfinite(values)))
-        elif name == "cov":
-            flat = pa.array(est.cov.ravel(), pa.float64())
-            # a variable list: pyarrow 25 cannot read back null entries of a fixed-size list from Parquet
-            offsets = pa.array(np.arange(0, n * COV_SIZE + 1, COV_SIZE, dtype=np.int32))
-            cols[name] = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~ok))
-        elif name == "flags":
-            cols[name] = pa.array(est.flags, field.type)
-        elif name == "model_name":
-            cols[name] = pa.array([ref.name] * n, field.type)
-        elif name == "model_version":
-            cols[name] = pa.array([ref.version] * n, field.type)
-        elif name == "processed_at":
-            cols[name] = pa.array([now] * n, field.type)
+    cols: dict[str, pa.Array] = arrow_columns(batch)
+    for name, values in per_row.items():
+        typ = SCHEMA.field(name).type
+        if values.dtype == object:
+            cols[name] = pa.array(list(values), typ)
         else:
-            values = batch[name]
-            if pa.types.is_floating(field.type):
-                arr = np.asarray(values, dtype=np.float64)
-                cols[name] = pa.array(arr, field.type, mask=~np.isfinite(arr))
-            elif pa.types.is_string(field.type):  # Ray may hand all-null columns over as NaN floats
-                cols[name] = pa.array([v if isinstance(v, str) else None for v in values], field.type)
-            else:
-                cols[name] = pa.array(list(values), field.type)
-    return pa.Table.from_pydict(cols, schema=SCHEMA)
+            cols[name] = pa.array(values, typ, mask=~(ok & np.isfinite(values)))
+    flat = pa.array(est.cov.ravel(), pa.float64())
+    # a variable list: pyarrow 25 cannot read back null entries of a fixed-size list from Parquet
+    offsets = pa.array(np.arange(0, n * COV_SIZE + 1, COV_SIZE, dtype=np.int32))
+    cols["cov"] = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~ok))
+    cols["flags"] = pa.array(est.flags, pa.int64())
+    cols["model_name"] = pa.array([ref.name] * n, pa.string())
+    cols["model_version"] = pa.array([ref.version] * n, pa.string())
+    cols["processed_at"] = pa.array([now] * n, SCHEMA.field("processed_at").type)
+    return pa.Table.from_pydict({name: cols[name] for name in SCHEMA.names}, schema=SCHEMA)

@@ -20,20 +20,16 @@ from datetime import datetime
 import numpy as np
 
 from ..instruments.blaze import find_blaze
-from ..layout import N_ORDERS, N_PIXELS
 from ..observation import Overrides
 from ..ray_env import WorkerEnv  # also imported from here by predict.py
 from ..storage import S3_ENV_VARS, Location, StorageError, is_s3, redact, resolve, s3_filesystem
-from . import retry
+from . import retry, rows
 from .inventory import night_selected, unsafe_key_reason
 from .schema import STATUS_ERROR, STATUS_OK, CatalogueFlag, night_from_mjd, night_now, night_of
 from .status import TRANSIENT, FileRejected, classify, code_version
 
 log = logging.getLogger(__name__)
 
-X_SHAPE = (2, N_ORDERS, N_PIXELS)
-META_STR = ("object", "instrument", "drs_version")
-META_FLOAT = ("ra_deg", "dec_deg", "mjd_obs", "bjd", "exptime_s", "berv_kms", "rv_kms")
 STATUS_FILTERED = "filtered"
 """Internal status of rows whose night fails the run's night filters (never written)."""
 GZIP_MAGIC = b"\x1f\x8b"
@@ -205,18 +201,6 @@ def _get(obs, name: str):
     return None
 
 
-def _float(v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f
-
-
-def _str(v) -> str | None:
-    return None if v is None else str(v)
-
-
 def _night(obs, meta: dict, hint: str | None) -> str | None:
     night = night_from_mjd(meta["mjd_obs"], meta["instrument"])
     if night is None:
@@ -251,15 +235,13 @@ def _snr(mi, obs) -> float:
     return float(np.median(arr)) if arr.size else math.nan
 
 
-def _base_row(hint: str | None, opts: ReadOptions) -> dict:
+def blank_row(night: str | None, code: str | None = None) -> dict:
+    """An error row (:func:`~survey_estimator.catalogue.rows.new_row`) of ``night`` with this
+    process's preprocessing version and the code version ``code`` (default :func:`code_version`)."""
     from .. import preprocess as pp
 
-    row: dict = {k: None for k in META_STR}
-    row.update({k: math.nan for k in META_FLOAT})
-    row.update(night=hint, snr=math.nan, flags=0, status=STATUS_ERROR, error=None, error_class=None,
-               preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")), code_version=opts.code or code_version(),
-               x=np.zeros(X_SHAPE, np.float32), ivar=np.zeros(X_SHAPE[1:], np.float32), resolution=math.nan)
-    return row
+    return rows.new_row(night=night, preprocessing_version=str(getattr(pp, "PREPROCESSING_VERSION", "")),
+                        code_version=code or code_version())
 
 
 def error_fields(exc: BaseException, name: str, step: str) -> dict:
@@ -276,17 +258,21 @@ def error_fields(exc: BaseException, name: str, step: str) -> dict:
 
 
 def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.RetryPolicy | None = None) -> dict:
-    """Read and preprocess one archive file into a row dict (with ``x``), never raising.
+    """Read and preprocess one archive file into its read row, never raising.
 
     Args:
         source: the URI, or a listing entry (:class:`~survey_estimator.catalogue.inventory.ArchiveObject`
-            or its dict) carrying its size, ``problem`` and ``local_path``.
+            or its dict) carrying its ETag, size, ``night_hint``, ``problem`` and ``local_path``.
+        hint: the night for an error row when the entry has no ``night_hint``.
         policy: the retry policy for this file (default ``opts.policy()``).
 
-    Returns a dict with the metadata columns, ``night``, ``snr``, ``flags``, ``status``,
-    ``error_class``, ``error``, ``preprocessing_version``, ``code_version``, ``x`` (float32
-    (2, 8, 4096); zeros for error rows), ``ivar`` (float32 (8, 4096) inverse variance of the
-    normalised flux, 0 where masked: the fit's noise) and ``resolution`` (NaN unknown).
+    Returns:
+        A row of the contract (:data:`~survey_estimator.catalogue.rows.FIELDS`; stack rows with
+        :func:`~survey_estimator.catalogue.rows.to_batch`): status 'ok' with ``x`` (float32
+        (2, 8, 4096)), ``ivar`` (float32 (8, 4096) inverse variance of the normalised flux, 0
+        where masked: the fit's noise) and ``resolution`` (NaN unknown); or an error row (zero
+        ``x``/``ivar``); or status ``filtered`` when its night fails ``opts.night``/``opts.since``.
+        ``night`` is never null (the file name's night, else the current night for error rows).
     """
     from .. import preprocess as pp
     from ..instruments import read_observation
@@ -294,7 +280,8 @@ def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.R
     entry = source if isinstance(source, dict) else getattr(source, "__dict__", None) or {"uri": source}
     uri = str(entry["uri"])
     hint = entry.get("night_hint", hint) or hint
-    row = _base_row(hint, opts)
+    row = blank_row(hint, opts.code)
+    row.update(source_uri=uri, etag=_optional_str(entry.get("etag")), size_bytes=int(entry.get("size") or 0))
     name = uri.rsplit("/", 1)[-1]
     policy = policy or opts.policy()
     deadline = retry.Deadline(opts.deadline_s)
@@ -327,24 +314,22 @@ def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.R
             if blaze_failed:
                 step = "blaze fetch"
                 raise blaze_failed[0]
-            for k in META_STR:
-                row[k] = _str(_get(obs, k))
-            for k in META_FLOAT:
-                row[k] = _float(_get(obs, k))
+            for f in rows.HEADER_FIELDS:
+                row[f.name] = f.coerce(_get(obs, f.name))
             deadline.check("read")
             step = "preprocess"
             mi = pp.preprocess(obs)
             # what preprocessing applied wins over the header; the stellar RV is null when none was
             # applied (e.g. an unreliable CCF measurement, flag RV_UNRELIABLE), whatever the header says
-            row["rv_kms"] = _float(getattr(mi, "rv_kms", None))
-            v = getattr(mi, "berv_kms", None)
-            if v is not None and np.isfinite(_float(v)):
-                row["berv_kms"] = _float(v)
-            x = np.asarray(mi.x, dtype=np.float32).reshape(X_SHAPE)
+            row["rv_kms"] = rows.as_float(getattr(mi, "rv_kms", None))
+            berv = rows.as_float(getattr(mi, "berv_kms", None))
+            if np.isfinite(berv):
+                row["berv_kms"] = berv
+            x = np.asarray(mi.x, dtype=np.float32).reshape(rows.X_SHAPE)
             with np.errstate(divide="ignore"):
                 ivar = np.where(mi.mask, 1.0 / mi.variance, 0.0).astype(np.float32)
             deadline.check("preprocess")
-        row.update(x=x, ivar=ivar, resolution=_float(mi.resolution), snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0),
+        row.update(x=x, ivar=ivar, resolution=rows.as_float(mi.resolution), snr=_snr(mi, obs), flags=int(getattr(mi, "flags", 0) or 0),
                    status=STATUS_OK, night=_night(obs, row, hint))
     except Exception as exc:  # every failure of this file becomes its error row (MemoryError included)
         fields = error_fields(exc, name, step)
@@ -352,55 +337,39 @@ def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.R
             log.exception("unexpected failure on %s (%s)", redact(uri), step)
         else:
             log.info("%s error on %s: %s", fields["error_class"], redact(uri), fields["error"])
-        row.update(fields, x=np.zeros(X_SHAPE, np.float32), ivar=np.zeros(X_SHAPE[1:], np.float32))
+        row.update(fields)
+    if not night_selected(row["night"], opts.night, opts.since):
+        row["status"] = STATUS_FILTERED
+    row["night"] = row["night"] or night_now()  # the partition value is never null
     return row
+
+
+def _optional_str(v) -> str | None:
+    """``v`` when a string, else None (Ray hands all-null columns over as NaN floats)."""
+    return v if isinstance(v, str) else None
 
 
 def read_batch(batch: dict[str, np.ndarray], opts: ReadOptions) -> dict[str, np.ndarray]:
     """Ray Data batch function: listed objects in (uri, etag, size, night_hint[, problem,
-    local_path]), rows out. Rows whose night (known after reading) fails the night filters come
-    out with status ``filtered`` (the driver drops them), so every input file has an output row.
+    local_path]), a read batch (:func:`~survey_estimator.catalogue.rows.to_batch` of
+    :func:`read_one` rows) out. Rows whose night (known after reading) fails the night filters
+    come out with status ``filtered`` (the driver drops them), so every input file has an output row.
 
     Once one file's fetch has failed all its retries, the following files of this batch are
     tried once each until one succeeds (an outage costs one attempt per file).
     """
     opts.env.apply()
-    rows = []
+    out = []
     policy = opts.policy()
     keys = [k for k in ("uri", "etag", "size", "night_hint", "problem", "local_path") if k in batch]
     for values in zip(*(batch[k] for k in keys)):
         entry = dict(zip(keys, values))
-        for k in ("night_hint", "problem", "local_path"):  # Ray hands all-null columns over as NaN floats
-            entry[k] = entry.get(k) if isinstance(entry.get(k), str) else None
-        hint = entry["night_hint"]
-        row = read_one(entry, opts, hint, policy)
+        for k in ("night_hint", "problem", "local_path"):
+            entry[k] = _optional_str(entry.get(k))
+        row = read_one(entry, opts, policy=policy)
         if row["error_class"] == TRANSIENT and "fetch" in (row["error"] or ""):
             policy = opts.policy().after_failure()
         elif row["status"] == STATUS_OK:
             policy = opts.policy()
-        if not night_selected(row["night"], opts.night, opts.since):
-            row["status"] = STATUS_FILTERED
-        row["night"] = row["night"] or night_now()  # the partition value is never null
-        row.update(source_uri=str(entry["uri"]), etag=str(entry["etag"]), size_bytes=int(entry["size"]))
-        rows.append(row)
-    return rows_to_batch(rows)
-
-
-def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Column arrays from row dicts; ``x`` stacked to (n, 2, 8, 4096), ``ivar`` to (n, 8, 4096)."""
-    keys = ["source_uri", "etag", "size_bytes", "night", *META_STR, *META_FLOAT, "snr", "resolution", "flags", "status", "error",
-            "error_class", "preprocessing_version", "code_version"]
-    out: dict[str, np.ndarray] = {}
-    for k in keys:
-        vals = [r[k] for r in rows]
-        if k in META_FLOAT or k in ("snr", "resolution"):
-            out[k] = np.asarray(vals, dtype=np.float64)
-        elif k in ("size_bytes", "flags"):
-            out[k] = np.asarray(vals, dtype=np.int64)
-        else:
-            arr = np.empty(len(vals), dtype=object)
-            arr[:] = vals
-            out[k] = arr
-    out["x"] = np.stack([r["x"] for r in rows]) if rows else np.zeros((0, *X_SHAPE), np.float32)
-    out["ivar"] = np.stack([r["ivar"] for r in rows]) if rows else np.zeros((0, *X_SHAPE[1:]), np.float32)
-    return out
+        out.append(row)
+    return rows.to_batch(out)

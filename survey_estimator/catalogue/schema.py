@@ -30,14 +30,26 @@ STATUS_ERROR = "error"
 COV_SIZE = len(LABEL_NAMES) ** 2
 
 
+LISTING, HEADER, READ, MODEL = "listing", "header", "read", "model"
+"""Origins of a column: the archive listing, the file's header (both carried by the read stage),
+the read stage's own work, the model stage."""
+
+
 @dataclass(frozen=True)
 class Column:
-    """One catalogue column: name, Arrow type, unit ('' when none) and description."""
+    """One catalogue column: name, Arrow type, unit ('' when none), description and origin.
+
+    ``origin`` says which stage fills it: :data:`LISTING`, :data:`HEADER` and :data:`READ`
+    columns come out of the read stage (the row contract of
+    :mod:`survey_estimator.catalogue.rows` is derived from them), :data:`MODEL` columns are
+    added by the model stage. ``flags`` is a read column that the model stage adds bits to.
+    """
 
     name: str
     type: pa.DataType
     unit: str
     description: str
+    origin: str = MODEL
 
 
 def _label_columns() -> list[Column]:
@@ -75,33 +87,33 @@ FIT_COLUMNS: tuple[Column, ...] = (
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("source_uri", pa.string(), "", "Full URI of the archive object (s3://bucket/key or absolute local path)."),
-    Column("etag", pa.string(), "", "The object's ETag as listed (S3), or 'local-<size>-<mtime_ns>' for local files; a changed file gets new rows."),
-    Column("size_bytes", pa.int64(), "byte", "Object size as listed."),
-    Column("night", pa.string(), "", "Observing night YYYY-MM-DD (partition column): the calendar date of the local noon that starts the night, i.e. date(UTC + longitude/15 h - 12 h) at the observatory. From the observation date; for error rows from the date in the file name, else the night the file was catalogued (never null)."),
-    Column("object", pa.string(), "", "Target name from the header."),
-    Column("instrument", pa.string(), "", "Instrument (e.g. HARPS-N, HARPS, ESPRESSO)."),
-    Column("drs_version", pa.string(), "", "Data-reduction pipeline version that wrote the file."),
-    Column("ra_deg", pa.float64(), "deg", "Right ascension (ICRS) in degrees."),
-    Column("dec_deg", pa.float64(), "deg", "Declination (ICRS) in degrees."),
-    Column("mjd_obs", pa.float64(), "d", "Modified Julian date of the exposure start (UTC)."),
-    Column("bjd", pa.float64(), "d", "Barycentric Julian date (TDB) from the header, when present."),
-    Column("exptime_s", pa.float64(), "s", "Exposure time in seconds."),
-    Column("berv_kms", pa.float64(), "km/s", "Barycentric Earth radial velocity applied."),
-    Column("rv_kms", pa.float64(), "km/s", "Stellar radial velocity applied (header value, or measured by cross-correlation: see flags); null when none was applied, e.g. an unreliable measurement (RV_UNRELIABLE)."),
-    Column("snr", pa.float64(), "", "Signal-to-noise ratio: median over the 8 canonical orders."),
+    Column("source_uri", pa.string(), "", "Full URI of the archive object (s3://bucket/key or absolute local path).", LISTING),
+    Column("etag", pa.string(), "", "The object's ETag as listed (S3), or 'local-<size>-<mtime_ns>' for local files; a changed file gets new rows.", LISTING),
+    Column("size_bytes", pa.int64(), "byte", "Object size as listed.", LISTING),
+    Column("night", pa.string(), "", "Observing night YYYY-MM-DD (partition column): the calendar date of the local noon that starts the night, i.e. date(UTC + longitude/15 h - 12 h) at the observatory. From the observation date; for error rows from the date in the file name, else the night the file was catalogued (never null).", READ),
+    Column("object", pa.string(), "", "Target name from the header.", HEADER),
+    Column("instrument", pa.string(), "", "Instrument (e.g. HARPS-N, HARPS, ESPRESSO).", HEADER),
+    Column("drs_version", pa.string(), "", "Data-reduction pipeline version that wrote the file.", HEADER),
+    Column("ra_deg", pa.float64(), "deg", "Right ascension (ICRS) in degrees.", HEADER),
+    Column("dec_deg", pa.float64(), "deg", "Declination (ICRS) in degrees.", HEADER),
+    Column("mjd_obs", pa.float64(), "d", "Modified Julian date of the exposure start (UTC).", HEADER),
+    Column("bjd", pa.float64(), "d", "Barycentric Julian date (TDB) from the header, when present.", HEADER),
+    Column("exptime_s", pa.float64(), "s", "Exposure time in seconds.", HEADER),
+    Column("berv_kms", pa.float64(), "km/s", "Barycentric Earth radial velocity applied.", HEADER),
+    Column("rv_kms", pa.float64(), "km/s", "Stellar radial velocity applied (header value, or measured by cross-correlation: see flags); null when none was applied, e.g. an unreliable measurement (RV_UNRELIABLE).", HEADER),
+    Column("snr", pa.float64(), "", "Signal-to-noise ratio: median over the 8 canonical orders.", READ),
     *_label_columns(),
     Column("cov", pa.list_(pa.float64()), "physical", "Full 4x4 covariance in physical units, row-major over (teff, logg, mh, vsini): a list of 16 float64 (reshape(4, 4)); null for error rows. The fit's inverse Fisher matrix (continuum and RV marginalised) for method 'fit'."),
     *FIT_COLUMNS,
     *_network_columns(),
-    Column("flags", pa.int64(), "", "Bitmask: bits 0-31 preprocessing flags, bits 32+ catalogue flags (see flag table)."),
-    Column("status", pa.string(), "", "'ok' (estimates present) or 'error' (estimates null, see error)."),
-    Column("error", pa.string(), "", "For error rows: the reason (file and cause); null for ok rows. Never holds credentials."),
-    Column("error_class", pa.string(), "", "For error rows the retry class: 'permanent' (the file is bad; not retried), 'transient' (storage, timeout, memory, lost task; retried by the next run) or 'unexpected' (a bug; retried once code_version or preprocessing_version changes); null for ok rows."),
-    Column("code_version", pa.string(), "", "Version of the code that wrote the row: package version + hash of its sources."),
+    Column("flags", pa.int64(), "", "Bitmask: bits 0-31 preprocessing flags, bits 32+ catalogue flags (see flag table).", READ),
+    Column("status", pa.string(), "", "'ok' (estimates present) or 'error' (estimates null, see error).", READ),
+    Column("error", pa.string(), "", "For error rows: the reason (file and cause); null for ok rows. Never holds credentials.", READ),
+    Column("error_class", pa.string(), "", "For error rows the retry class: 'permanent' (the file is bad; not retried), 'transient' (storage, timeout, memory, lost task; retried by the next run) or 'unexpected' (a bug; retried once code_version or preprocessing_version changes); null for ok rows.", READ),
+    Column("code_version", pa.string(), "", "Version of the code that wrote the row: package version + hash of its sources.", READ),
     Column("model_name", pa.string(), "", "Name of the model bundle (registry name for models:/ URIs)."),
     Column("model_version", pa.string(), "", "Model version: the registry version number, or a content hash for a local bundle."),
-    Column("preprocessing_version", pa.string(), "", "Version of the preprocessing (readers + layout + normalisation) that made the model input."),
+    Column("preprocessing_version", pa.string(), "", "Version of the preprocessing (readers + layout + normalisation) that made the model input.", READ),
     Column("processed_at", pa.timestamp("us", tz="UTC"), "", "When this row was computed (UTC)."),
 )
 

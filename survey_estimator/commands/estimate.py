@@ -36,7 +36,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from ..storage import StorageError, is_s3, redact
@@ -87,24 +86,14 @@ def archive_objects(paths: Sequence[str]) -> list:
     return out
 
 
-def _listed_batch(objects: list) -> dict[str, np.ndarray]:
-    """The (uri, etag, size, night_hint) batch ``read_batch`` takes, from listed objects."""
-    cols: dict[str, np.ndarray] = {}
-    for key in ("uri", "etag", "size", "night_hint"):
-        arr = np.empty(len(objects), dtype=object)
-        arr[:] = [getattr(o, key) for o in objects]
-        cols[key] = arr
-    return cols
-
-
 # -- estimation -----------------------------------------------------------------------------------
 def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file: str | None = None,
                     batch_size: int = 16, fit=None, resolution: float | None = None,
                     overrides=None) -> Iterator[pa.Table]:
     """Catalogue tables (:data:`~survey_estimator.catalogue.schema.SCHEMA`) for ``paths``, in order,
-    ``batch_size`` files at a time: the catalogue's read stage (``read_batch``) and model stage
-    (``Predictor``, with :class:`~survey_estimator.catalogue.predict.FitOptions` ``fit``) run in
-    this process. Blaze files are looked up beside ``paths`` and one night folder away
+    ``batch_size`` files at a time: the catalogue's read stage (``read_one`` per file, stacked by
+    :func:`~survey_estimator.catalogue.rows.to_batch`) and model stage (``Predictor``, with
+    :class:`~survey_estimator.catalogue.predict.FitOptions` ``fit``) run in this process. Blaze files are looked up beside ``paths`` and one night folder away
     (:func:`~survey_estimator.instruments.blaze.local_blaze_index`); ``resolution`` and
     ``overrides`` (:class:`~survey_estimator.observation.Overrides`) apply to every file.
 
@@ -114,7 +103,8 @@ def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file:
     from tqdm import tqdm
 
     from ..catalogue.predict import Predictor
-    from ..catalogue.read import ReadOptions, read_batch
+    from ..catalogue.read import ReadOptions, read_one
+    from ..catalogue.rows import to_batch
     from ..instruments.blaze import local_blaze_index
 
     objects = archive_objects(paths)
@@ -124,7 +114,7 @@ def estimate_tables(paths: Sequence[str], ref, use_dae: bool = True, blaze_file:
     with tqdm(total=len(objects), unit="file", desc="estimate", disable=None, file=sys.stderr) as bar:
         for i in range(0, len(objects), batch_size):
             chunk = objects[i : i + batch_size]
-            yield predictor(read_batch(_listed_batch(chunk), opts))
+            yield predictor(to_batch([read_one(o, opts) for o in chunk]))
             bar.update(len(chunk))
 
 
