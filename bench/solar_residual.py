@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -28,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from survey_estimator.synth.pysme_backend import ELEMENTS, ROMAN, isotope_fraction, read_moog, _frame
-from survey_estimator.synth.sources import atlas_model_labels, cache_dir, split_atlas_models, turbospectrum_blocks
+from survey_estimator.synth.pysme_backend import read_moog, read_turbospectrum
+from survey_estimator.synth.sources import atlas_model_labels, cache_dir, split_atlas_models
 
 C_KMS = 299792.458
 SUN = Path("/work/shared/data/benchmarks/sun01_harps.fits")
@@ -96,32 +95,8 @@ def atomic_path() -> Path:
 
 
 def read_atoms(path: Path):
-    """Like pysme_backend.read_turbospectrum, plus the raw fields needed by the variants:
-    vdw_raw (GES fdamp), orb (the two orbital markers), levels (the level text)."""
-    rows, extra = [], []
-    for code, _, label_line, body in turbospectrum_blocks(path.read_text()):
-        code = code.strip()
-        label = label_line.strip().strip("'").split()
-        z = int(float(code))
-        ion = ROMAN[label[1]]
-        mass = int(round((float(code) - z) * 1000))
-        dlog = math.log10(isotope_fraction(z, mass)) if mass else 0.0
-        species = f"{ELEMENTS[z - 1]} {ion}"
-        for ln in body:
-            p = ln.split()
-            wl, chi, loggf, vdw, grad = float(p[0]), float(p[1]), float(p[2]), float(p[3]), float(p[5])
-            q = ln.split("'")
-            orb = (q[1].strip() + q[3].strip()) if len(q) > 4 else ""
-            lev = q[5] if len(q) > 6 else ""
-            extra.append((vdw, orb, lev, loggf))
-            v = 0.0 if 0 < vdw < 20 else vdw
-            rows.append((species, z, ion, wl, chi, loggf + dlog, math.log10(grad) if grad > 0 else 0.0, 0.0, v))
-    df = _frame(rows)
-    df["vdw_raw"] = [e[0] for e in extra]
-    df["orb"] = [e[1] for e in extra]
-    df["levels"] = [e[2] for e in extra]
-    df["gf_ges"] = [e[3] for e in extra]
-    return df
+    """The grid's atomic list (:func:`read_turbospectrum`) with the raw fields the variants need."""
+    return read_turbospectrum(str(path), details=True)[0]
 
 
 def molecules():

@@ -70,14 +70,17 @@ def isotope_fraction(z: int, mass: int) -> float:
 
 
 # -- line lists ----------------------------------------------------------------------------------
-def read_turbospectrum(path: str):
+def read_turbospectrum(path: str, details: bool = False):
     """Turbospectrum/Gaia-ESO atomic list -> pandas DataFrame in PySME 'short' columns.
 
     Block header ``'Z.AAA' ion n`` then ``'El ION  LTE'``; each line: air wavelength (A), lower
     excitation (eV), log gf, vdW (see module docstring), g_up, gamma_rad (s^-1), ...
     Returns the frame and counters ``{"unsold_factor_lines": n, "isotope_lines": n}``.
+    ``details`` adds the list's own fields for line-data studies (``bench/solar_residual.py``):
+    ``vdw_raw`` (the vdW field as written), ``orb`` (the two orbital markers), ``levels`` (the
+    level text) and ``gf_ges`` (log gf without the isotope fraction).
     """
-    rows, counts = [], {"unsold_factor_lines": 0, "isotope_lines": 0}
+    rows, extra, counts = [], [], {"unsold_factor_lines": 0, "isotope_lines": 0}
     for code, _, label_line, body in turbospectrum_blocks(Path(path).read_text()):
         code = code.strip()
         label = label_line.strip().strip("'").split()
@@ -89,12 +92,18 @@ def read_turbospectrum(path: str):
         for ln in body:
             p = ln.split()
             wl, chi, loggf, vdw, grad = float(p[0]), float(p[1]), float(p[2]), float(p[3]), float(p[5])
+            if details:
+                q = ln.split("'")
+                extra.append((vdw, (q[1].strip() + q[3].strip()) if len(q) > 4 else "", q[5] if len(q) > 6 else "", loggf))
             if 0 < vdw < 20:
                 vdw = 0.0
                 counts["unsold_factor_lines"] += 1
             counts["isotope_lines"] += bool(mass)
             rows.append((species, z, ion, wl, chi, loggf + dlog, math.log10(grad) if grad > 0 else 0.0, 0.0, vdw))
-    return _frame(rows), counts
+    frame = _frame(rows)
+    for k, name in enumerate(("vdw_raw", "orb", "levels", "gf_ges") if details else ()):
+        frame[name] = [e[k] for e in extra]
+    return frame, counts
 
 
 def read_moog(path: str):
