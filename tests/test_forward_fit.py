@@ -292,3 +292,26 @@ def test_parity_sampler_equals_simulated_file_read_and_built(tiny_grid, tmp_path
     assert (diff < 2e-5).sum() >= 7 and diff.max() < 3e-4, diff
     assert np.allclose(batch.variance[0].numpy()[mask], mi.variance[mask], rtol=1e-3)
     assert np.all(np.isinf(batch.variance[0].numpy()[~mask]))
+
+
+def test_a_mismatched_star_gets_the_same_fit_alone_and_in_any_batch(model):
+    """A star the model describes only to a few % (a real star) has a rough likelihood: extra
+    starts are run for it, the starts are compared by -2 ln L on the same pixels and model error,
+    and the answer does not depend on the other spectra of the batch."""
+    y, var, mask = _observe(model, INSIDE[:3], [0.0, 0.0, 0.0], snr=100.0, seed=3)
+    rng = np.random.default_rng(1)
+    px = np.arange(y.shape[-1])
+    for o in range(y.shape[1]):  # 30 weak lines per order the grid does not have, in the first star
+        for c in rng.uniform(0, y.shape[-1], 30):
+            y[0, o] *= 1 - 0.1 * np.exp(-0.5 * ((px - c) / 3.0) ** 2)
+    sigma = np.tile([300.0, 0.5, 0.3, 2.0], (3, 1))  # a wide network sigma: extra starts allowed
+    start = np.asarray(INSIDE[:3]) + sigma * [1.2, -1.0, 0.5, 0.0]
+    fitter = Fitter(model)
+    batch = fit_spectra(fitter, y, var, mask, start, sigma)
+    alone = fit_spectra(fitter, y[:1], var[:1], mask[:1], start[:1], sigma[:1])
+    assert 0 < batch.model_error[0] < fitter.config.poor_fit_model_error  # mismatched, not POOR_FIT
+    assert alone.meta["starts"] == 5 and batch.meta["starts"] >= 5  # the four extra starts ran
+    np.testing.assert_allclose(batch.labels[0], alone.labels[0], atol=0.05 * np.max(batch.sigma[0]))
+    first = fitter.fit(y[:1], var[:1], mask[:1], start[:1])
+    score = lambda r: fitter.deviance(y[:1], var[:1], mask[:1], r.labels, r.rv, alone.model_error)[0]
+    assert score(alone) <= score(first) + 1e-6
