@@ -33,6 +33,24 @@ def test_fit_recovers_the_factor_by_which_sigmas_are_off():
         SigmaCalibration.fit(errors[:10], stated[:10], snr[:10], nodes=[19.0, 190.0])
 
 
+def test_heavy_tails_share_the_difference_between_the_1_and_2_sigma_quantiles():
+    """Errors with heavier tails than a Gaussian (Student t, 4 dof): the factor lies between the
+    one that fixes the 1-sigma coverage alone and the one that fixes the 2-sigma coverage alone,
+    so both coverages land closer to 68.3 / 95.4 % than with either."""
+    rng = np.random.default_rng(5)
+    n = 20000
+    errors = rng.standard_t(4, size=(n, 4))
+    stated = np.ones((n, 4))
+    cal = SigmaCalibration.fit(errors, stated, np.full(n, 20.0), nodes=[20.0])
+    s = np.asarray(cal.scale[0])
+    z = np.abs(errors)
+    one, two = np.quantile(z, 0.6827, axis=0), np.quantile(z, 0.9545, axis=0) / 2
+    assert np.all((one < s) & (s < two))
+    within1, within2 = (z < s).mean(axis=0), (z < 2 * s).mean(axis=0)
+    assert np.all(within1 > 0.69) and np.all(within2 < 0.95)  # neither quantile is met exactly
+    assert np.all(np.abs(within2 - 0.9545) < np.abs((z < 2 * one).mean(axis=0) - 0.9545))
+
+
 def test_measured_snr_is_the_median_per_usable_pixel():
     y = np.ones((2, 3, 100))
     var = np.stack([np.full((3, 100), 1 / 400.0), np.full((3, 100), 1 / 25.0)])

@@ -4,14 +4,19 @@ The inverse Fisher matrix at the optimum is the fit's raw covariance (``FitResul
 held-out spectra its 1-sigma intervals hold 67-72 % of the truths depending on label and S/N
 (docs/model-card.md): near the bound but not exactly (the continuum's 120 coefficients and the
 model-based variance below S/N 40 make the Gaussian approximation a little off). A
-:class:`SigmaCalibration` holds, per label and per S/N node, the factor ``s`` that makes the
-68.27 % quantile of ``|error| / (s * sigma_stat)`` equal to 1 on a calibration set, and
-interpolates it linearly in log S/N (constant beyond the outer nodes). The fit applies it to
+:class:`SigmaCalibration` holds, per label and per S/N node, a factor ``s`` for ``sigma_stat``
+fitted on a calibration set, and interpolates it linearly in log S/N (constant beyond the outer
+nodes). ``s`` is the geometric mean of the two factors that would each put one quantile of
+``z = |error| / sigma_stat`` where a Gaussian has it: ``q_68.27(z)`` (1 sigma) and
+``q_95.45(z) / 2`` (2 sigma). For Gaussian errors both are equal; where the errors have heavier
+tails than a Gaussian (the fit at S/N 10, where a few spectra end in a neighbouring optimum) the
+1-sigma factor alone leaves the 2-sigma intervals short by 2-3 %, and one factor per label can
+only share the difference between the two. The fit applies it to
 ``cov_stat`` (``cov = S cov_stat S`` plus the interpolation error), and keeps the raw matrix.
 
 Fitted by ``survey-estimator evaluate --fit-calibration-out FILE`` on spectra of one seed and
 checked on another; the fit picks it up from ``survey_estimator/data/grids/<grid_id>.calibration.json``
-when one is shipped (none is yet: docs/fit.md) or from ``FitConfig(calibration=...)``.
+when one is shipped (docs/fit.md) or from ``FitConfig(calibration=...)``.
 """
 from __future__ import annotations
 
@@ -25,8 +30,7 @@ import torch
 
 from ..labels import LABEL_NAMES
 
-ONE_SIGMA = 0.6826894921370859
-"""Probability mass of a Gaussian within 1 sigma."""
+from ..evaluation.metrics import ONE_SIGMA, TWO_SIGMA
 
 
 def measured_snr(y: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -93,7 +97,8 @@ class SigmaCalibration:
                 continue
             z = np.abs(errors[sel]) / sigma[sel]
             keep_snr.append(float(np.exp(np.median(np.log(snr[sel])))))
-            keep_scale.append(tuple(float(v) for v in np.quantile(z, ONE_SIGMA, axis=0)))
+            one, two = np.quantile(z, ONE_SIGMA, axis=0), np.quantile(z, TWO_SIGMA, axis=0) / 2
+            keep_scale.append(tuple(float(v) for v in np.sqrt(one * two)))
             keep_n.append(int(sel.sum()))
         if not keep_snr:
             raise ValueError(f"no S/N bin holds {min_n} spectra ({len(snr)} usable)")
