@@ -80,7 +80,7 @@ def _write_fit_calibration(report, args, grid_id: str):
     path = Path(args.fit_calibration_out)
     path.parent.mkdir(parents=True, exist_ok=True)
     cal.write(path, grid_id=grid_id, forward=FORWARD_VERSION, seed=args.seed, nominal_snr=list(args.snr),
-              what="68.27 % quantile of |fit - truth| / raw inverse-Fisher sigma per label, per S/N bin, on held-out "
+              what="geometric mean of the 68.27 % quantile and half the 95.45 % quantile of |fit - truth| / raw inverse-Fisher sigma, per label and S/N bin, on held-out "
                    "spectra drawn inside the grid's cells (evaluate --fit-n)",
               command=f"survey-estimator evaluate --grid {args.grid} --snr {' '.join(f'{s:g}' for s in args.snr)} "
                       f"--fit-n {args.fit_n} --seed {args.seed} --fit-calibration-out FILE",
