@@ -130,6 +130,7 @@ def read_ceiling(files, blaze) -> int:
     from survey_estimator.catalogue.read import ReadOptions, read_batch
     from survey_estimator.catalogue.status import code_version
 
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False  # as the pipeline's _execute sets it
     per_task, cpus = read_plan(len(files), ray.cluster_resources().get("CPU", 1.0), CatalogueConfig(archive="", out=""))
     ds = ray.data.from_items([f.as_dict() for f in files], override_num_blocks=max(1, math.ceil(len(files) / per_task)))
     ds = ds.map_batches(read_batch, fn_kwargs={"opts": ReadOptions(blaze=blaze, code=code_version())}, batch_size=None, batch_format="numpy", num_cpus=cpus)
