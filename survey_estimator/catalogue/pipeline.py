@@ -11,7 +11,8 @@ Order of work in :func:`run_catalogue`:
    (:func:`~survey_estimator.catalogue.status.is_done`: transient errors are redone);
 4. ``map_batches(read_batch)`` on CPU tasks (``max_retries`` bounded): fetch through the one
    retry layer, read, preprocess, each file inside its guard and deadline; one bad file becomes
-   an error row with its retry class, never a failed block;
+   an error row with its retry class, never a failed block (Ray Data's per-operator resource
+   reservation is off during the run: on a small node it kept one read task at a time);
 5. ``map_batches(Predictor, compute=ActorPoolStrategy(size=actors), num_gpus=..., num_cpus=
    fractional)``: the model is loaded once per actor; ``DataContext.wait_for_min_actors_s`` turns
    a GPU that never appears into an error instead of a hang;

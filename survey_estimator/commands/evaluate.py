@@ -83,7 +83,7 @@ def _write_fit_calibration(report, args, grid_id: str):
               what="geometric mean of the 68.27 % quantile and half the 95.45 % quantile of |fit - truth| / raw inverse-Fisher sigma, per label and S/N bin, on held-out "
                    "spectra drawn inside the grid's cells (evaluate --fit-n)",
               command=f"survey-estimator evaluate --grid {args.grid} --snr {' '.join(f'{s:g}' for s in args.snr)} "
-                      f"--fit-n {args.fit_n} --seed {args.seed} --fit-calibration-out FILE",
+                      f"--n {args.n} --fit-n {args.fit_n} --seed {args.seed} --fit-calibration-out FILE",
               measured=datetime.date.today().isoformat())
     print(f"\nfit sigma calibration written to {path}: " + "; ".join(
         f"S/N {s:.0f}: " + " ".join(f"{v:.3f}" for v in sc) for s, sc in zip(cal.snr, cal.scale)))

@@ -521,22 +521,21 @@ def fit_spectra(fitter: Fitter, y, var, mask, nn_mean, nn_sigma=None, resolution
     res.meta["starts"] += len(owner)
     # the starts are compared on the same pixels (the input mask) with the same model error
     # (the smallest any start needed): each fit's own chi^2 depends on what it clipped
-    cand_row = np.concatenate([rows, owner])
-    cand = [(res, j) for j in rows] + [(more, i) for i in range(len(owner))]
+    rows = np.unique(owner)
+    cand_row = np.concatenate([rows, owner])  # candidate k: the first fit of a row, then its extra starts
+    lab = np.concatenate([res.labels[rows], more.labels])
     eps = np.full(len(res), np.inf)
-    np.minimum.at(eps, cand_row, np.array([r.model_error[j] for r, j in cand]))
-    lab = np.array([r.labels[j] for r, j in cand])
-    rv = np.array([r.rv[j] for r, j in cand])
-    score = fitter.deviance(y[cand_row], var[cand_row], mask[cand_row], lab, rv, eps[cand_row], resolution)
+    np.minimum.at(eps, cand_row, np.concatenate([res.model_error[rows], more.model_error]))
+    score = fitter.deviance(y[cand_row], var[cand_row], mask[cand_row], lab, np.concatenate([res.rv[rows], more.rv]),
+                            eps[cand_row], resolution)
     score = np.where(np.isfinite(score) & np.isfinite(lab).all(axis=1), score, np.inf)
-    best = {}
-    for k, row in enumerate(cand_row):
-        if row not in best or score[k] < score[best[row]]:
-            best[row] = k
-    for row, k in best.items():
-        r, j = cand[k]
-        if r is more:
-            for name in FitResult.__dataclass_fields__:
-                if name != "meta":
-                    getattr(res, name)[row] = getattr(more, name)[j]
+    # starts that reach the same optimum differ by rounding: one that ran out of iterations wins
+    # only if it is better by more than 1 in -2 ln L (a 1-sigma difference)
+    score = score + np.where(np.concatenate([res.converged[rows], more.converged]), 0.0, 1.0)
+    order = np.lexsort((score, cand_row))  # by row, then score; ties keep the first fit (stable)
+    best = order[np.r_[True, cand_row[order][1:] != cand_row[order][:-1]]]
+    for k in best[best >= len(rows)]:
+        for name in FitResult.__dataclass_fields__:
+            if name != "meta":
+                getattr(res, name)[cand_row[k]] = getattr(more, name)[k - len(rows)]
     return res
