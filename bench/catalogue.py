@@ -93,7 +93,8 @@ def cpu_per_file(files, blaze) -> dict:
         c0 = time.process_time()
         data = fetch(f.uri, opts=opts)
         c1 = time.process_time()
-        obs = read_observation((name, data), blaze=lambda h: _blaze_source(name, h, opts, lambda u: fetch(u, opts=opts)))
+        obs = read_observation((name, data), blaze=lambda h: _blaze_source(name, h, opts, lambda u: fetch(u, opts=opts)),
+                               band_only=True)
         c2 = time.process_time()
         pp.preprocess(obs)
         c3 = time.process_time()

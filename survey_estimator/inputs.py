@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import cubic, normalise
-from .layout import canonical_wave
+from .layout import BAND_MARGIN_A, canonical_wave
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class PreprocessConfig:
     min_order_fraction: float = 0.5
     gap_min_A: float = 2.0
     """A masked run wider than this (A) inside the observed range counts as a gap."""
-    margin_A: float = 10.0
+    margin_A: float = BAND_MARGIN_A
     """Native data within this margin (A) of the canonical range are kept."""
 
 
@@ -77,18 +77,32 @@ def usable_pixels(wave: torch.Tensor, flux: torch.Tensor, variance: torch.Tensor
 
 def _filled(flux: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     """Flux with unusable pixels linearly interpolated between the usable neighbours of their row
-    (held constant beyond the first / last usable pixel): ``np.interp`` per row, batched."""
+    (held constant beyond the first / last usable pixel): ``np.interp`` per row, batched. Rows
+    without a usable pixel keep their flux.
+
+    Only the unusable pixels are visited (a few percent: the order edges, NaN, saturation): each
+    finds its neighbours by a search in the sorted flat indices of the usable ones."""
     P = flux.shape[-1]
-    idx = torch.arange(P, device=flux.device).expand_as(flux)
-    prev = torch.cummax(torch.where(usable, idx, torch.full_like(idx, -1)), dim=-1).values
-    nxt = torch.cummin(torch.where(usable, idx, torch.full_like(idx, P)).flip(-1), dim=-1).values.flip(-1)
-    prev_ok, next_ok = prev >= 0, nxt < P
-    lo = torch.where(prev_ok, prev, nxt).clamp(0, P - 1)
-    hi = torch.where(next_ok, nxt, prev).clamp(0, P - 1)
-    f_lo, f_hi = torch.gather(flux, -1, lo), torch.gather(flux, -1, hi)
+    good = usable.reshape(-1)
+    bad = torch.nonzero(~good).squeeze(1)  # flat indices, sorted
+    ok = torch.nonzero(good).squeeze(1)
+    if bad.numel() == 0 or ok.numel() == 0:
+        return flux
+    k = torch.searchsorted(ok, bad)
+    prev, nxt = ok[(k - 1).clamp_min(0)], ok[k.clamp_max(ok.numel() - 1)]
+    row = bad // P
+    prev_ok = (k > 0) & (prev // P == row)
+    next_ok = (k < ok.numel()) & (nxt // P == row)
+    lo = torch.where(prev_ok, prev, nxt)
+    hi = torch.where(next_ok, nxt, prev)
+    flat = flux.reshape(-1)
     span = (hi - lo).to(flux.dtype)
-    t = torch.where(span > 0, (idx - lo).to(flux.dtype) / span.clamp_min(1), torch.zeros_like(span))
-    return torch.where(usable, flux, f_lo + (f_hi - f_lo) * t)
+    t = torch.where(span > 0, (bad - lo).to(flux.dtype) / span.clamp_min(1), torch.zeros_like(span))
+    value = flat[lo] + (flat[hi] - flat[lo]) * t
+    value = torch.where(prev_ok | next_ok, value, flat[bad])
+    out = flat.clone()
+    out[bad] = value
+    return out.reshape(flux.shape)
 
 
 def _window_median(padded: torch.Tensor, where: torch.Tensor, half: int, pad: int) -> torch.Tensor:
@@ -155,6 +169,20 @@ def nearest_rows(wave: torch.Tensor, target: np.ndarray | None = None) -> torch.
     return torch.argmin(torch.nan_to_num((centres[:, None, :] - t[None, :, None]).abs(), nan=float("inf")), dim=-1)
 
 
+def _searchsorted(sorted_rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``torch.searchsorted(sorted_rows, values, right=True)`` for (..., P) rows and (..., P')
+    increasing values. On a CPU row by row in numpy, which walks sorted values from the last
+    position found (4x faster than torch here)."""
+    if sorted_rows.device.type != "cpu":
+        return torch.searchsorted(sorted_rows, values, right=True)
+    w = sorted_rows.reshape(-1, sorted_rows.shape[-1]).numpy()
+    t = values.reshape(-1, values.shape[-1]).numpy()
+    out = np.empty(t.shape, dtype=np.int64)
+    for i in range(w.shape[0]):
+        out[i] = np.searchsorted(w[i], t[i], side="right")
+    return torch.from_numpy(out).reshape(values.shape)
+
+
 class NativeResampler:
     """Native rows -> target orders for a batch, each target order from ONE native row.
 
@@ -179,7 +207,7 @@ class NativeResampler:
         if bool((w[..., 1:] <= w[..., :-1]).any()):
             raise ValueError("wavelengths must increase along each native row")
         t = torch.as_tensor(np.array(target), dtype=w.dtype, device=w.device).expand(B, O, Pt).contiguous()
-        j = (torch.searchsorted(w, t, right=True) - 1).clamp(0, P - 2)
+        j = (_searchsorted(w, t) - 1).clamp(0, P - 2)
         w0, w1 = torch.gather(w, -1, j), torch.gather(w, -1, j + 1)
         self.inside = (t >= w[..., :1]) & (t <= w[..., -1:])
         a = (t - w0) / (w1 - w0)

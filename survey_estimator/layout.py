@@ -84,6 +84,20 @@ def canonical_wave() -> np.ndarray:
     return _canonical_wave()
 
 
+BAND_MARGIN_A = 10.0
+"""Native data within this margin (A) of the canonical range are what preprocessing uses."""
+
+
+def rows_near_band(wave: np.ndarray, margin_A: float = BAND_MARGIN_A) -> np.ndarray:
+    """Indices of the rows of ``wave`` (R, P), A, with a wavelength strictly inside the canonical
+    range widened by ``margin_A`` on each side (a HARPS-N e2ds: 10 of its 69 rows)."""
+    cw = canonical_wave()
+    lo, hi = cw[0, 0] - margin_A, cw[-1, -1] + margin_A
+    w = np.atleast_2d(wave)
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(((w > lo) & (w < hi)).any(axis=1))
+
+
 def fine_grid_bounds(margin_kms: float = 400.0) -> tuple[float, float]:
     """Wavelength range (A) a synthetic spectrum must cover so that any RV shift up to
     ``margin_kms`` and rotational broadening still fill the canonical layout."""

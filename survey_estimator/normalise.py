@@ -8,6 +8,8 @@ Shapes: B spectra, O = 8 orders, P = 4096 pixels.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -23,9 +25,13 @@ FLUX_RANGE = (-0.5, 2.0)
 """Normalised flux is clipped to this range before it reaches a network."""
 
 
-def _design(n_pixels: int, degree: int, dtype, device) -> torch.Tensor:
+@lru_cache(maxsize=8)
+def _design(n_pixels: int, degree: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A (P, d+1) the polynomial design matrix on x in [-1, 1], its per-pixel outer products
+    (P, (d+1)^2)); kept per size, dtype and device (do not modify)."""
     x = torch.linspace(-1.0, 1.0, n_pixels, dtype=dtype, device=device)
-    return torch.stack([x**p for p in range(degree + 1)], dim=-1)  # (P, d+1)
+    A = torch.stack([x**p for p in range(degree + 1)], dim=-1)
+    return A, (A[:, :, None] * A[:, None, :]).reshape(n_pixels, -1)
 
 
 CHUNK = 16
@@ -63,7 +69,7 @@ def _continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int, iteratio
     zero = torch.zeros((), dtype=work, device=flux.device)
     f = torch.where(mask, flux.to(work), zero)
     m = mask.to(work)
-    A = _design(flux.shape[-1], degree, work, flux.device)
+    A, AA = _design(flux.shape[-1], degree, work, flux.device)
     # Scale each order by its median so the fit is scale-free (counts or normalised flux alike).
     scale = torch.nanmedian(torch.where(mask, f, torch.full((), float("nan"), dtype=work, device=flux.device)),
                             dim=-1, keepdim=True).values
@@ -73,7 +79,6 @@ def _continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int, iteratio
     eye = torch.eye(degree + 1, dtype=work, device=flux.device) * 1e-8
     # A^T W A as one matmul against the per-pixel outer products (P, (d+1)^2): the 3-operand
     # einsum materialised a (B, O, P, d+1, d+1) intermediate and was ~20x slower at B = 256.
-    AA = (A[:, :, None] * A[:, None, :]).reshape(A.shape[0], -1)
     n = m.sum(-1, keepdim=True)
     for _ in range(iterations):
         AtWA = (w @ AA).reshape(*w.shape[:-1], degree + 1, degree + 1) + eye

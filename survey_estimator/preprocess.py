@@ -31,7 +31,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter1d
 
 from . import inputs, normalise
 from .inputs import PreprocessConfig
-from .layout import C_KMS, LAYOUT_VERSION, N_ORDERS, canonical_wave, doppler_factor, resample_to_layout
+from .layout import C_KMS, LAYOUT_VERSION, N_ORDERS, canonical_wave, doppler_factor, resample_to_layout, rows_near_band
 from .instruments.registry import lookup
 from .observation import MOST_OF_BAND, Observation, ReadError
 from .rv import RVMeasurement, measure_rv
@@ -203,8 +203,8 @@ def _select(obs: Observation, margin: float):
     wave = np.atleast_2d(obs.wave)
     arrays = [np.atleast_2d(a) for a in (obs.flux, obs.variance, obs.mask)]
     if obs.is_echelle:
-        rows = [i for i in range(wave.shape[0]) if np.any((wave[i] > lo) & (wave[i] < hi))]
-        ids = [int(obs.orders[i]) if obs.orders is not None else i for i in rows]
+        rows = rows_near_band(wave, margin)
+        ids = [int(obs.orders[i]) if obs.orders is not None else int(i) for i in rows]
         return wave[rows], *(a[rows] for a in arrays), ids
     keep = np.flatnonzero((wave[0] > lo) & (wave[0] < hi))
     sl = slice(keep.min(), keep.max() + 1)
@@ -242,7 +242,8 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         flags |= Flag.PARTIAL_COVERAGE
         notes.append(f"only {100 * obs.coverage:.0f}% of 5050-5350 A covered")
     wave, flux, var, usable, orders_used = _select(obs, cfg.margin_A)
-    wave, flux, var = wave.astype(np.float64), flux.astype(np.float64), var.astype(np.float64)
+    # float32 pixels, as the training sampler makes them (float64 wavelengths: a pixel is 2.5e-6 of them)
+    wave, flux, var = wave.astype(np.float64), flux.astype(np.float32), var.astype(np.float32)
 
     if obs.medium == "vacuum":
         wave = vacuum_to_air(wave)

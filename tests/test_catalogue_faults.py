@@ -264,7 +264,7 @@ def test_lost_read_task_is_counted_and_redone(fault_proxy, s3_bucket, data_dir, 
         deadline = time.time() + 90
         while time.time() < deadline and not killed:
             if any(m == "GET" and "s1d_A" in p for m, p in list(fault_proxy.requests)):
-                for pid in _worker_pids(b"MapBatches(read_batch)"):
+                for pid in _worker_pids(b"MapBatches(read_and_estimate)"):
                     os.kill(pid, signal.SIGKILL)  # a worker dies, as when the OOM killer strikes
                     killed.append(pid)
             time.sleep(0.2)

@@ -88,6 +88,21 @@ def test_versions_side_by_side_and_night_filter(tmp_path, archive, bundles, ray_
     assert nights == {"2003-12-12": 1, "2010-09-18": 2}, nights  # the broken file's night comes from its name
 
 
+def test_model_in_the_read_tasks_gives_the_rows_the_actor_pool_gives(tmp_path, archive, bundles, ray_cluster):
+    columns = "source_uri, status, error, flags, method, teff, teff_err, logg, mh, vsini, nn_teff, nn_logg_err, cov"
+    got = {}
+    for stage in ("tasks", "actors"):
+        out = str(tmp_path / stage)
+        s = run_catalogue(CatalogueConfig(archive=str(archive), out=out, model=str(bundles[0]), batch_size=2, fit=False,
+                                          model_stage=stage, actor_start_timeout_s=120))
+        assert (s.processed, s.ok, s.errors) == (3, 2, 1)
+        got[stage] = query(out, f"SELECT {columns} FROM catalogue ORDER BY source_uri")[1]
+    assert got["tasks"] == got["actors"]
+    assert sum(r[1] == "ok" and r[6] is not None for r in got["tasks"]) == 2  # estimates, not nulls
+    with pytest.raises(CatalogueError, match="model-stage"):
+        run_catalogue(CatalogueConfig(archive=str(archive), out=str(tmp_path / "x"), model=str(bundles[0]), model_stage="gpu"))
+
+
 def test_missing_gpu_times_out_instead_of_hanging(tmp_path, archive, bundles, ray_cluster):
     if ray_cluster.cluster_resources().get("GPU"):
         pytest.skip("this machine has a GPU")

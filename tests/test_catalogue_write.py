@@ -60,10 +60,12 @@ def test_big_nights_are_split_and_nothing_is_rewritten(tmp_path):
 
 
 def test_read_plan_lets_one_read_task_per_cpu_run_beside_the_actors():
-    cfg = CatalogueConfig(archive="a", out="o")  # 1 actor x 0.5 CPU
+    cfg = CatalogueConfig(archive="a", out="o", model_stage="actors")  # 1 actor x 0.5 CPU
     files, cpus = read_plan(500, 2, cfg)
     assert files == 16 and 2 * cpus + cfg.actor_cpus <= 2 and 3 * cpus + cfg.actor_cpus > 2
     assert read_plan(10, 2, cfg)[0] == 4  # never a task per file or two
-    files, cpus = read_plan(10000, 64, CatalogueConfig(archive="a", out="o", actors=4))
+    files, cpus = read_plan(10000, 64, CatalogueConfig(archive="a", out="o", actors=4, num_gpus=1))  # auto: GPU actors
     assert files == 16 and 64 * cpus + 4 * 0.5 <= 64
     assert read_plan(500, 2, CatalogueConfig(archive="a", out="o", read_batch_size=4, read_cpus=1.0)) == (4, 1.0)
+    # the model inside the read tasks (the CPU default) reserves nothing beside them: a whole CPU each
+    assert read_plan(500, 2, CatalogueConfig(archive="a", out="o")) == (16, 1.0)

@@ -59,6 +59,35 @@ def test_harps_e2ds_blaze_division_and_variance(data_dir):
     np.testing.assert_allclose(with_blaze.variance[row][ok], expect[ok], rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", [E2DS, S2D])
+def test_band_only_reads_the_rows_preprocessing_uses_and_changes_nothing_it_gives(data_dir, name):
+    full = read_observation(data_dir / name)
+    band = read_observation(data_dir / name, band_only=True)
+    rows = np.asarray(band.orders)
+    near = [i for i in range(full.flux.shape[0])
+            if np.any((full.wave[i] > 5026.0 - 10) & (full.wave[i] < 5395.0 + 10))]
+    assert list(rows) == [int(full.orders[i]) for i in near]
+    assert len(rows) < full.flux.shape[0] or name == S2D  # the S2D file here holds only its band rows
+    for a in ("flux", "variance", "wave", "mask"):
+        np.testing.assert_array_equal(getattr(band, a), getattr(full, a)[near])
+    assert band.coverage == full.coverage and band.snr is not None
+    a, b = preprocess(full), preprocess(band)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.flags == b.flags and a.orders_used == b.orders_used and a.rv_kms == b.rv_kms
+
+
+def test_band_only_keeps_every_row_of_a_spectrum_outside_the_band(tmp_path, data_dir):
+    path = tmp_path / E2DS
+    with fits.open(data_dir / E2DS) as hdul:  # move the solution 1500 A to the red
+        for k in range(72 * 4):
+            key = f"HIERARCH ESO DRS CAL TH COEFF LL{k}"
+            if k % 4 == 0:
+                hdul[0].header[key] = hdul[0].header[key] + 1500.0
+        hdul.writeto(path)
+    with pytest.raises(ReadError, match="no coverage of 5050-5350 A"):
+        read_observation(path, band_only=True)
+
+
 def test_e2ds_from_bytes_has_no_blaze_unless_given(data_dir):
     raw = (data_dir / E2DS).read_bytes()
     obs = read_observation((E2DS, raw))

@@ -95,6 +95,10 @@ class CatalogueConfig:
     since: str | None = None
     num_gpus: float = 0.0
     """GPUs per model actor (0: CPU actors)."""
+    model_stage: str = "auto"
+    """Where the model runs: "tasks" inside the read tasks (one model per worker process; the
+    pixels never go through the object store), "actors" in an actor pool (``actors`` x
+    ``actor_cpus``, ``num_gpus``); "auto": actors with GPUs, else tasks."""
     batch_size: int = 16
     """Spectra per model call."""
     actors: int = 1
@@ -175,6 +179,11 @@ def _check_date(name: str, value: str | None) -> None:
         raise CatalogueError(f"--{name} must be YYYY-MM-DD, got {value!r}") from None
 
 
+def model_in_tasks(config: CatalogueConfig) -> bool:
+    """Whether the model runs inside the read tasks (:attr:`CatalogueConfig.model_stage`)."""
+    return config.model_stage == "tasks" or (config.model_stage == "auto" and not config.num_gpus)
+
+
 def read_plan(n_files: int, cluster_cpus: float, config: CatalogueConfig) -> tuple[int, float]:
     """(files per read task, CPUs reserved per read task) for ``n_files`` on ``cluster_cpus``.
 
@@ -183,14 +192,16 @@ def read_plan(n_files: int, cluster_cpus: float, config: CatalogueConfig) -> tup
     file or two (overhead). Each read task handles one input block of at most this many files.
     CPUs per task: ``config.read_cpus``, else what lets one read task per CPU run beside the model
     actors' reservations: (CPUs - actors x actor_cpus) / CPUs, at least 0.25 (on 2 CPUs with one
-    0.5-CPU actor: 0.75, two read tasks; on large clusters close to 1).
+    0.5-CPU actor: 0.75, two read tasks; on large clusters close to 1); 1 when the model runs in
+    the read tasks (:func:`model_in_tasks`).
     """
     cpus = max(1.0, float(cluster_cpus))
     batch = config.read_batch_size or min(16, max(4, math.ceil(n_files / (8 * cpus))))
     if config.read_cpus is not None:
         read_cpus = float(config.read_cpus)
     else:
-        read_cpus = max(0.25, (cpus - config.actors * config.actor_cpus) / cpus)
+        actors = 0 if model_in_tasks(config) else config.actors
+        read_cpus = max(0.25, (cpus - actors * config.actor_cpus) / cpus)
     return int(batch), math.floor(read_cpus * 1000) / 1000  # rounded down: the last task must still fit
 
 
@@ -203,6 +214,10 @@ def _check_config(config: CatalogueConfig) -> None:
         raise CatalogueError("--read-batch-size, rows per file and --flush-rows must be at least 1")
     if config.read_cpus is not None and not config.read_cpus > 0:
         raise CatalogueError("--read-cpus must be positive")
+    if config.model_stage not in ("auto", "tasks", "actors"):
+        raise CatalogueError(f"--model-stage must be auto, tasks or actors (got {config.model_stage!r})")
+    if config.model_stage == "tasks" and config.num_gpus:
+        raise CatalogueError("--model-stage tasks runs the model on the read tasks' CPUs: it takes no --num-gpus")
 
 
 def _fail_fast(config: CatalogueConfig):
@@ -299,12 +314,13 @@ def _execute(config: CatalogueConfig, ref: ModelRef, todo: list[ArchiveObject], 
     """Run the Ray Data pipeline over ``todo`` and save its rows (see the module docstring)."""
     from ray.data import ActorPoolStrategy, DataContext
 
-    from .predict import FitOptions, Predictor
+    from .predict import FitOptions, Predictor, read_and_estimate
 
     ray = ensure_ray()
+    in_tasks = model_in_tasks(config)
     ctx = DataContext.get_current()
     saved_ctx = (ctx.wait_for_min_actors_s, ctx.max_errored_blocks, ctx.op_resource_reservation_enabled)
-    ctx.wait_for_min_actors_s = _actor_wait_s(config, ray.cluster_resources())
+    ctx.wait_for_min_actors_s = 0 if in_tasks else _actor_wait_s(config, ray.cluster_resources())
     ctx.max_errored_blocks = -1  # errored blocks are not dropped silently: their files are counted below
     # Ray Data's per-operator resource reservation kept one read task running at a time on a small
     # node (measured on 2 CPUs, 1000 files: read stage 50 -> 67 files/s without it; Ray's own
@@ -317,21 +333,29 @@ def _execute(config: CatalogueConfig, ref: ModelRef, todo: list[ArchiveObject], 
                        code=config.code or code_version(), env=secrets)
     files_per_task, read_cpus = read_plan(len(todo), ray.cluster_resources().get("CPU", 1.0), config)
     n_blocks = max(1, math.ceil(len(todo) / files_per_task))
-    log.info("read stage: %d tasks of <= %d files, %.3g CPU each; model: %d actor(s) x %.3g CPU, %.3g GPU",
-             n_blocks, files_per_task, read_cpus, config.actors, config.actor_cpus, config.num_gpus)
+    if in_tasks:
+        log.info("read stage: %d tasks of <= %d files, %.3g CPU each, with the model in each worker process",
+                 n_blocks, files_per_task, read_cpus)
+    else:
+        log.info("read stage: %d tasks of <= %d files, %.3g CPU each; model: %d actor(s) x %.3g CPU, %.3g GPU",
+                 n_blocks, files_per_task, read_cpus, config.actors, config.actor_cpus, config.num_gpus)
     retries = int(config.max_task_retries)
+    model = {"ref": ref, "use_dae": config.use_dae, "env": secrets, "fit": FitOptions(config.fit, config.grid)}
     ds = ray.data.from_items([f.as_dict() for f in todo], override_num_blocks=n_blocks)
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for max_retries / max_restarts yet (deprecation of **ray_remote_args)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         # batch_size None: one task per input block (a batch size would merge blocks one file short of it)
-        ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=None, batch_format="numpy", num_cpus=read_cpus,
-                            max_retries=retries, **env)
-        ds = ds.map_batches(Predictor, fn_constructor_kwargs={"ref": ref, "use_dae": config.use_dae, "env": secrets,
-                                                                  "fit": FitOptions(config.fit, config.grid)},
-                            compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
-                            batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus,
-                            max_restarts=retries, max_task_retries=retries, **env)
+        if in_tasks:
+            ds = ds.map_batches(read_and_estimate, fn_kwargs={"opts": opts, "model": model, "batch_size": int(config.batch_size)},
+                                batch_size=None, batch_format="numpy", num_cpus=read_cpus, max_retries=retries, **env)
+        else:
+            ds = ds.map_batches(read_batch, fn_kwargs={"opts": opts}, batch_size=None, batch_format="numpy", num_cpus=read_cpus,
+                                max_retries=retries, **env)
+            ds = ds.map_batches(Predictor, fn_constructor_kwargs=model,
+                                compute=ActorPoolStrategy(size=config.actors), batch_size=int(config.batch_size),
+                                batch_format="numpy", num_gpus=config.num_gpus or None, num_cpus=config.actor_cpus,
+                                max_restarts=retries, max_task_retries=retries, **env)
     writer = NightWriter(resolve(config.out), summary.run_id, config.rows_per_file, config.flush_rows, config.flush_s)
     seen: set[str] = set()
     transient = received = 0

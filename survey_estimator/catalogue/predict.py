@@ -217,6 +217,34 @@ class Predictor:
         return build_table(row, ok, est, self.ref)
 
 
+_PREDICTOR: dict[tuple, Predictor] = {}
+
+
+def process_predictor(ref: ModelRef, use_dae: bool = True, env: WorkerEnv | None = None, fit: FitOptions | None = None) -> Predictor:
+    """The :class:`Predictor` of this worker process for these arguments, made on first use and
+    kept (one model per process: a newer key replaces it)."""
+    key = (ref, use_dae, fit or FitOptions())
+    if key not in _PREDICTOR:
+        _PREDICTOR.clear()
+        _PREDICTOR[key] = Predictor(ref, use_dae, env, fit)
+    return _PREDICTOR[key]
+
+
+def read_and_estimate(batch: dict[str, np.ndarray], opts, model: dict, batch_size: int) -> pa.Table:
+    """Ray Data batch function of the model stage run inside the read tasks (CPU clusters):
+    :func:`~survey_estimator.catalogue.read.read_batch`, then this process's
+    :func:`process_predictor` (``model``: its keyword arguments) over chunks of ``batch_size``
+    rows. The pixels never leave the task: only catalogue rows (~1 kB each) go to the object store."""
+    from .read import read_batch
+
+    rows = read_batch(batch, opts)
+    predictor = process_predictor(**model)
+    n = len(rows["status"])
+    if n == 0:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([predictor({k: v[i:i + batch_size] for k, v in rows.items()}) for i in range(0, n, batch_size)])
+
+
 def build_table(batch: dict, ok: np.ndarray, est: Estimates, ref: ModelRef) -> pa.Table:
     """Assemble a catalogue table (SCHEMA) from a read batch and its :class:`Estimates`.
 

@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -213,15 +214,27 @@ def _night(obs, meta: dict, hint: str | None) -> str | None:
     return night or hint
 
 
+BLAZE_CACHE_SIZE = 8
+"""Blaze files a read worker keeps (~1.1 MB each for HARPS-N): the exposures of a night share one."""
+_BLAZE_CACHE: OrderedDict[str, bytes] = OrderedDict()
+
+
 def _blaze_source(name: str, header, opts: ReadOptions, fetch_blaze):
     """(name, bytes) of ``opts.blaze_file`` when given, else of the blaze file the old-DRS e2ds
     primary ``header`` names when the blaze index ``opts.blaze`` holds it (the one lookup,
     :func:`~survey_estimator.instruments.blaze.find_blaze`), else None; ``fetch_blaze(uri)``
-    fetches it. The reader calls it with the header it has parsed (one parse per file)."""
-    if opts.blaze_file:
-        return (opts.blaze_file.rsplit("/", 1)[-1], fetch_blaze(opts.blaze_file))
-    uri = find_blaze(name, header, opts.blaze) if opts.blaze else None
-    return None if uri is None else (uri.rsplit("/", 1)[-1], fetch_blaze(uri))
+    fetches it, once per process for the last :data:`BLAZE_CACHE_SIZE` blaze files (a failed
+    fetch is not kept). The reader calls it with the header it has parsed (one parse per file)."""
+    uri = opts.blaze_file or (find_blaze(name, header, opts.blaze) if opts.blaze else None)
+    if uri is None:
+        return None
+    if uri in _BLAZE_CACHE:
+        _BLAZE_CACHE.move_to_end(uri)
+    else:
+        _BLAZE_CACHE[uri] = fetch_blaze(uri)
+        while len(_BLAZE_CACHE) > BLAZE_CACHE_SIZE:
+            _BLAZE_CACHE.popitem(last=False)
+    return (uri.rsplit("/", 1)[-1], _BLAZE_CACHE[uri])
 
 
 def _snr(mi, obs) -> float:
@@ -307,7 +320,8 @@ def read_one(source, opts: ReadOptions, hint: str | None = None, policy: retry.R
                     return None
 
             try:
-                obs = read_observation((name, data), blaze=blaze_for, resolution=opts.resolution, overrides=opts.overrides)
+                obs = read_observation((name, data), blaze=blaze_for, resolution=opts.resolution, overrides=opts.overrides,
+                                       band_only=True)
             except Exception:
                 if not blaze_failed:
                     raise

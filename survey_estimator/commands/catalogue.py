@@ -1,8 +1,8 @@
 """Catalogue new archive spectra (FITS on S3 or disk) into a Parquet catalogue with Ray Data.
 
 Lists the archive with ETags, skips what the catalogue already holds for the same model version,
-reads and preprocesses on CPU tasks, denoises and estimates in an actor pool (GPU with
---num-gpus), and appends new Parquet files partitioned by night. Storage endpoint and credentials
+reads and preprocesses on CPU tasks, denoises and estimates in those tasks (CPU clusters) or in an
+actor pool (GPU with --num-gpus; --model-stage), and appends new Parquet files partitioned by night. Storage endpoint and credentials
 come from the standard AWS_* variables; the registry from MLFLOW_TRACKING_URI.
 
 examples:
@@ -33,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--night", default=None, help="only this observing night (YYYY-MM-DD)")
     parser.add_argument("--since", default=None, help="only nights on or after YYYY-MM-DD")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor (0 = CPU)")
+    parser.add_argument("--model-stage", choices=("auto", "tasks", "actors"), default="auto",
+                        help="where the model runs: 'tasks' inside the read tasks (one model per worker process, no "
+                             "pixels through the object store), 'actors' in an actor pool (--actors, --actor-cpus, "
+                             "--num-gpus); auto (default): actors with --num-gpus, else tasks")
     parser.add_argument("--batch-size", type=int, default=16, help="spectra per model call")
-    parser.add_argument("--actors", type=int, default=1, help="model actors in the pool")
+    parser.add_argument("--actors", type=int, default=1, help="model actors in the pool (--model-stage actors)")
     parser.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs reserved per model actor (fractional)")
     parser.add_argument("--read-batch-size", type=int, default=None,
                         help="files per read task (default: from the number of files and CPUs, 4-32)")
@@ -57,7 +61,7 @@ def config_from_args(args: argparse.Namespace):
 
     return CatalogueConfig(
         archive=args.archive, out=args.out, model=args.model, night=args.night, since=args.since,
-        num_gpus=args.num_gpus, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
+        num_gpus=args.num_gpus, model_stage=args.model_stage, batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
         read_batch_size=args.read_batch_size, read_cpus=args.read_cpus, actor_start_timeout_s=args.actor_timeout, use_dae=not args.no_dae,
         fit=not args.no_fit, grid=args.grid, file_deadline_s=args.file_deadline, flush_rows=args.flush_rows,
         flush_s=args.flush_seconds, break_lock=args.break_lock,

@@ -12,7 +12,7 @@ away); without it the flux stays blaze-shaped and the observation says so (``bla
 from __future__ import annotations
 
 import logging
-import re
+from functools import lru_cache
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Optional, Union
@@ -20,11 +20,11 @@ from typing import Optional, Union
 import numpy as np
 from astropy.io import fits
 
-from ..layout import wavelength_solution
+from ..layout import rows_near_band, wavelength_solution
 from ..observation import Observation, ReadError
 from .blaze import blaze_named, find_blaze
 from .detect import Cards, Source, fits_from_bytes, read_bytes
-from .fastfits import primary_image
+from .fastfits import CardIndex, card_values, primary_image
 from .metadata import common, old_drs
 from .noise import count_variance
 
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 Header = Union[fits.Header, Mapping]
 """A primary header: astropy's, or the card index of :mod:`.fastfits` (the same lookups)."""
-
-_COEFF = re.compile(r"(?:ESO|TNG) DRS CAL TH COEFF LL(\d+)$")
 
 
 def wavelengths(name: str, header: Header, cards: Cards, shape: tuple[int, int]) -> np.ndarray:
@@ -44,21 +42,25 @@ def wavelengths(name: str, header: Header, cards: Cards, shape: tuple[int, int])
             the number of rows.
     """
     degree = cards.get("DRS CAL TH DEG LL")
-    coeffs = {int(m.group(1)): header[k] for k in header if (m := _COEFF.match(k))}
-    if degree is None or not coeffs:
+    prefix = next((p for p in (cards.prefix, "TNG", "ESO") if f"{p} DRS CAL TH COEFF LL0" in header), None)
+    if degree is None or prefix is None:
         raise ReadError(name, "missing wavelength solution (no DRS CAL TH DEG LL / COEFF LL cards)")
     degree = int(degree)
     n_orders, n_pixels = shape
     need = n_orders * (degree + 1)
-    missing = [i for i in range(need) if i not in coeffs]
+    keys = [f"{prefix} DRS CAL TH COEFF LL{i}" for i in range(need)]
+    missing = [i for i, k in enumerate(keys) if k not in header]
     if missing:
         raise ReadError(
             name,
             f"wrong shape or missing cards: {n_orders} rows need {need} COEFF LL cards, "
             f"{len(missing)} missing (first: LL{missing[0]})",
         )
-    c = np.array([float(coeffs[i]) for i in range(need)])
-    return wavelength_solution(c, degree, n_pixels)
+    if isinstance(header, CardIndex):  # the night's calibration cards repeat: parsed once
+        values = card_values("".join(header.card(k) for k in keys))
+    else:
+        values = [header[k] for k in keys]
+    return wavelength_solution(np.array([float(v) for v in values]), degree, n_pixels)
 
 
 def saturation_level(bits: int = 16, window: float = 17) -> float:
@@ -67,8 +69,9 @@ def saturation_level(bits: int = 16, window: float = 17) -> float:
     return (2.0**bits - 1) * window
 
 
-def read_blaze(source: Source, shape: tuple[int, int]) -> np.ndarray:
-    """Blaze image (n_orders, n_pixels), ~1 at peak; NaN where not positive.
+def read_blaze(source: Source, shape: tuple[int, int], rows: np.ndarray | None = None) -> np.ndarray:
+    """Blaze image (n_orders, n_pixels), ~1 at peak; NaN where not positive; only ``rows``
+    (native row indices) where given.
 
     A blaze product holding only its primary image is read without astropy (:func:`.fastfits.primary_image`).
 
@@ -76,6 +79,18 @@ def read_blaze(source: Source, shape: tuple[int, int]) -> np.ndarray:
         ReadError: unreadable file or a shape that does not match the spectrum.
     """
     name, raw, gzipped = read_bytes(source)
+    data = _blaze_image(name, raw, gzipped)
+    if data is None or data.shape != shape:
+        got = None if data is None else data.shape
+        raise ReadError(name, f"wrong shape: blaze {got} does not match spectrum {shape}")
+    return data if rows is None else data[rows]
+
+
+@lru_cache(maxsize=4)
+def _blaze_image(name: str, raw: bytes, gzipped: bool) -> np.ndarray | None:
+    """The blaze image of a blaze file's bytes (float64, NaN where not positive, read-only), or
+    None without one; kept for the last few files (the exposures of a night share one: their
+    bytes object is hashed once and then found by identity)."""
     image = primary_image(raw)
     if image is not None:
         data = image.data
@@ -84,11 +99,12 @@ def read_blaze(source: Source, shape: tuple[int, int]) -> np.ndarray:
         with hdul:
             data = hdul[0].data
             data = None if data is None else np.array(data)
-    if data is None or data.shape != shape:
-        got = None if data is None else data.shape
-        raise ReadError(name, f"wrong shape: blaze {got} does not match spectrum {shape}")
+    if data is None:
+        return None
     blaze = np.asarray(data, dtype=np.float64)
-    return np.where(blaze > 0, blaze, np.nan)
+    blaze = np.where(blaze > 0, blaze, np.nan)
+    blaze.flags.writeable = False
+    return blaze
 
 
 def has_solution(header: Header) -> bool:
@@ -100,12 +116,13 @@ BlazeArg = Union[Source, Callable[[Header], Optional[Source]], None]
 """A blaze source, or a function of the primary header that returns one (or None), or None."""
 
 
-def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: BlazeArg = None) -> Observation:
+def read(name: str, hdul: fits.HDUList, cards: Cards, instrument: str, blaze: BlazeArg = None, band_only: bool = False) -> Observation:
     """Read an old-DRS e2ds file opened by astropy (and checked): :func:`read_image` of its primary HDU."""
-    return read_image(name, hdul[0].header, hdul[0].data, cards, instrument, blaze)
+    return read_image(name, hdul[0].header, hdul[0].data, cards, instrument, blaze, band_only)
 
 
-def read_image(name: str, header: Header, data: np.ndarray, cards: Cards, instrument: str, blaze: BlazeArg = None) -> Observation:
+def read_image(name: str, header: Header, data: np.ndarray, cards: Cards, instrument: str, blaze: BlazeArg = None,
+               band_only: bool = False) -> Observation:
     """Read an old-DRS e2ds (its checked primary header and image) into an :class:`Observation`.
 
     Args:
@@ -113,13 +130,20 @@ def read_image(name: str, header: Header, data: np.ndarray, cards: Cards, instru
         data: the image (n_orders, n_pixels), counts.
         blaze: explicit blaze source, or a function of ``header`` giving one (None: as if none
             was given); None = look for ``DRS BLAZE FILE`` next to ``name``.
+        band_only: keep only the rows near the canonical range
+            (:func:`~survey_estimator.layout.rows_near_band`, 10 of a HARPS-N e2ds's 69) before
+            any pixel work; all rows when none is near (the coverage check then names the span).
     """
     if callable(blaze):
         blaze = blaze(header)
+    if data.ndim != 2 or data.shape[1] < 100:
+        raise ReadError(name, f"wrong shape: e2ds image {data.shape} (expected n_orders x 4096)")
+    shape = data.shape
+    wave = wavelengths(name, header, cards, shape)
+    rows = np.arange(shape[0])
+    if band_only and (near := rows_near_band(wave)).size:
+        rows, wave, data = near, wave[near], data[near]
     flux = np.asarray(data, dtype=np.float64)
-    if flux.ndim != 2 or flux.shape[1] < 100:
-        raise ReadError(name, f"wrong shape: e2ds image {flux.shape} (expected n_orders x 4096)")
-    wave = wavelengths(name, header, cards, flux.shape)
     conad = cards.float("DRS CCD CONAD") or 1.0
     sigdet = cards.float("DRS CCD SIGDET") or 0.0
     variance = count_variance(flux, conad, sigdet)
@@ -139,7 +163,7 @@ def read_image(name: str, header: Header, data: np.ndarray, cards: Cards, instru
         else:
             notes.append("no blaze card (DRS BLAZE FILE)")
     if blaze is not None:
-        b = read_blaze(blaze, flux.shape)
+        b = read_blaze(blaze, shape, rows)
         flux, variance = flux / b, variance / b**2
         blaze_used = str(blaze[0] if isinstance(blaze, tuple) else blaze)
         notes.append(f"blaze: {blaze_used}")
@@ -158,7 +182,7 @@ def read_image(name: str, header: Header, data: np.ndarray, cards: Cards, instru
         kind="e2ds",
         source=name,
         blaze_corrected=blaze_used is not None,
-        orders=np.arange(flux.shape[0]),
+        orders=rows,
         notes=notes,
         **kw,
         **old_drs(header, cards),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -99,6 +100,13 @@ class CardIndex(Mapping):
             value = None if re_ is None or im is None else complex(re_, im)
         return token if value is None else value
 
+    def card(self, key: str) -> str:
+        """The raw 80-character card ``key`` is read from (its first card for a long string).
+
+        Raises:
+            KeyError: no such keyword."""
+        return self._cards[self._index[self._normal(key)]]
+
     def __getitem__(self, key: str):
         k = self._normal(key)
         if k not in self._values:
@@ -113,6 +121,15 @@ class CardIndex(Mapping):
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+@lru_cache(maxsize=16)
+def card_values(cards: str) -> tuple:
+    """The values of ``cards``, a string of whole 80-character value cards (no ``CONTINUE``), in
+    their order, as :class:`CardIndex` gives them; kept for the last few strings (the exposures of
+    a night repeat their calibration cards)."""
+    index = CardIndex([cards[i:i + CARD] for i in range(0, len(cards), CARD)])
+    return tuple(index[index._keyword(cards[i:i + CARD])] for i in range(0, len(cards), CARD))
 
 
 def scan_header(raw: bytes | memoryview, offset: int = 0) -> tuple[CardIndex, int]:
