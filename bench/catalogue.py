@@ -11,8 +11,9 @@ grid, untrained tiny model unless --model is given) it measures, in one run:
   pipeline's own :func:`~survey_estimator.catalogue.pipeline.read_plan`), after a warm-up that
   starts the workers: the parallel read ceiling;
 * ``naive``: a plain loop: open, preprocess, run the model one file at a time;
-* ``pipeline``: ``run_catalogue`` end to end (list, skip, read+preprocess tasks, model actors,
-  Parquet), into a fresh catalogue folder, with the network alone (``fit=False``);
+* ``pipeline``: ``run_catalogue`` end to end (list, skip, read+preprocess tasks, the model, Parquet),
+  into a fresh catalogue folder, with the network alone (``fit=False``); the model stage as
+  ``--model-stage`` says (default auto: inside the read tasks on a CPU machine);
 * ``pipeline_with_fit``: the same with the likelihood fit on the shipped packed grid (the
   default path of ``catalogue``; ``--skip-fit`` leaves it out).
 
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--naive-n", type=int, default=None, help="files for the naive loop (default: all; its rate is per file)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--model-stage", default="auto", choices=("auto", "tasks", "actors"))
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--skip-fit", action="store_true", help="measure the pipeline without the likelihood fit only")
     p.add_argument("--fit-n", type=int, default=None, help="files of the archive the pipeline with the fit runs on (default: --n)")
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
     from survey_estimator.catalogue.pipeline import CatalogueConfig, ensure_ray, run_catalogue
 
     cpus = os.cpu_count()
-    results: dict = {"n_files": args.n, "cpus": cpus, "machine": f"{platform.platform()}, {_cpu_model()}, {cpus} cores",
+    results: dict = {"n_files": args.n, "model_stage": args.model_stage, "cpus": cpus, "machine": f"{platform.platform()}, {_cpu_model()}, {cpus} cores",
                      "load_avg_start": os.getloadavg()[0]}
     t_list, listing = _timed(lambda: list_archive(str(archive)))
     results["list_s"] = t_list
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
         out = workdir / f"catalogue-{int(time.time())}-{key}"
         source = make_archive(workdir, args.fit_n) if fit and args.fit_n else archive
         t, summary = _timed(lambda: run_catalogue(CatalogueConfig(
-            archive=str(source), out=str(out), model=model, batch_size=args.batch_size, actors=args.actors,
+            archive=str(source), out=str(out), model=model, batch_size=args.batch_size, actors=args.actors, model_stage=args.model_stage,
             fit=fit, grid=default_grid() if fit else None)))
         results[key] = summary.processed / t
         results[key.replace("files_per_s", "rows")] = {"ok": summary.ok, "error": summary.errors}

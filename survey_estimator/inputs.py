@@ -68,7 +68,8 @@ def usable_pixels(wave: torch.Tensor, flux: torch.Tensor, variance: torch.Tensor
                   edge_pixels: int = 0) -> torch.Tensor:
     """(B, R, P) bool: ``mask`` and finite positive flux, finite positive variance, finite
     wavelength (``wave`` (B or 1, R, P)), minus ``edge_pixels`` at both ends of every row."""
-    usable = mask & torch.isfinite(flux) & torch.isfinite(variance) & (variance > 0) & torch.isfinite(wave) & (flux > 0)
+    inf = float("inf")
+    usable = mask & (flux > 0) & (flux < inf) & (variance > 0) & (variance < inf) & normalise.finite(wave)
     if edge_pixels > 0:
         usable[..., :edge_pixels] = False
         usable[..., -edge_pixels:] = False
@@ -164,7 +165,10 @@ def nearest_rows(wave: torch.Tensor, target: np.ndarray | None = None) -> torch.
     """(B, O) native row whose median wavelength is nearest to each target order's, for
     ``wave`` (B, R, P) (rest-frame) wavelengths."""
     target = canonical_wave() if target is None else target
-    centres = torch.nanmedian(wave, dim=-1).values  # (B, R)
+    if bool(normalise.finite(wave).all()):  # increasing rows: the median is the middle pixel's (torch's lower median)
+        centres = wave[..., (wave.shape[-1] - 1) // 2]  # (B, R)
+    else:
+        centres = torch.nanmedian(wave, dim=-1).values
     t = torch.as_tensor(np.median(target, axis=1), dtype=centres.dtype, device=wave.device)  # (O,)
     return torch.argmin(torch.nan_to_num((centres[:, None, :] - t[None, :, None]).abs(), nan=float("inf")), dim=-1)
 

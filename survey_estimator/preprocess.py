@@ -321,7 +321,9 @@ def preprocess(obs: Observation, config: PreprocessConfig | None = None) -> Mode
         flags |= Flag.ORDERS_MISSING
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(m, f / np.sqrt(v), np.nan)
-    snr_orders = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in ratio])
+    snr_orders = np.full(len(ratio), np.nan)
+    has = m.any(axis=1)
+    snr_orders[has] = np.nanmedian(ratio[has], axis=1)
     snr = float(np.nanmedian(snr_orders))
     if not snr >= cfg.low_snr:
         flags |= Flag.LOW_SNR

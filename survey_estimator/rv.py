@@ -90,7 +90,7 @@ def _flatten(wave: np.ndarray, flux: np.ndarray, usable: np.ndarray, cfg: CCFCon
     f = np.where(usable, flux, np.nan)
     good = np.flatnonzero(usable)
     f = np.interp(np.arange(f.size), good, f[good])  # fill gaps so filters behave
-    step = np.median(np.diff(wave))
+    step = (wave[-1] - wave[0]) / (wave.size - 1)  # mean pixel step (A)
     size = max(int(cfg.envelope_A / step) | 1, 5)
     env = percentile_filter(f, cfg.envelope_percentile, size=size, mode="nearest")
     # the envelope varies on the scale of its window (~120 px at HARPS sampling): smoothed on every
