@@ -1,7 +1,8 @@
-"""The model stage: an actor that loads the bundle (and the fit's forward model) once and turns
-read rows into catalogue rows.
+"""The model stage: a :class:`Predictor` loads the bundle (and the fit's forward model) once and
+turns read rows into catalogue rows.
 
-Mapped by Ray Data with ``ActorPoolStrategy`` (GPU actors when ``num_gpus`` > 0). Input batches
+Mapped by Ray Data with ``ActorPoolStrategy`` (GPU actors when ``num_gpus`` > 0), or run inside
+the read tasks on CPU clusters (:func:`read_and_estimate`, one Predictor per worker process). Input batches
 are read batches (:mod:`survey_estimator.catalogue.rows`: ``x`` (B, 2, 8, 4096) float32, ``ivar``
 (B, 8, 4096) float32, the read stage's catalogue columns), checked on entry; output batches are
 ``pyarrow.Table`` objects with exactly :data:`survey_estimator.catalogue.schema.SCHEMA`. Error
