@@ -90,6 +90,17 @@ def cosmics(counts: torch.Tensor, rate: float, generator=None) -> torch.Tensor:
     return out
 
 
+def median_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 median of each row of ``x`` (B, N) as numpy takes it (the mean of the two
+    middle values of an even count), by selection (``kthvalue``) in ``x``'s own dtype: the middle
+    values are exact there, and a selection is ~10x cheaper than ``torch.quantile``'s sort."""
+    n = x.shape[1]
+    lo = x.kthvalue((n + 1) // 2, dim=1).values.to(torch.float64)
+    if n % 2:
+        return lo
+    return 0.5 * (lo + x.kthvalue(n // 2 + 1, dim=1).values.to(torch.float64))
+
+
 def continuum_counts_for_snr(snr: torch.Tensor, read_noise: float = 0.0) -> torch.Tensor:
     """Continuum counts c with c / sqrt(c + read_noise^2) = snr (photon + read noise)."""
     snr = torch.as_tensor(snr, dtype=torch.float64)
@@ -104,8 +115,7 @@ def counts_scale(continuum: torch.Tensor, snr: torch.Tensor, read_noise: float =
         snr: (B,) requested median continuum S/N per pixel; inf or nan gives k = 1 / median(continuum).
     """
     B = continuum.shape[0]
-    # the median as numpy takes it (the mean of the two middle values of an even count)
-    ref = torch.quantile(continuum.reshape(B, -1).to(torch.float64), 0.5, dim=1)
+    ref = median_rows(continuum.reshape(B, -1))
     snr = torch.as_tensor(snr, dtype=torch.float64, device=continuum.device).reshape(B)
     finite = torch.isfinite(snr)
     target = torch.where(finite, continuum_counts_for_snr(torch.where(finite, snr, torch.ones_like(snr)), read_noise),
