@@ -181,3 +181,22 @@ def test_predict_step_is_inside_the_per_file_guard(tmp_path, monkeypatch):
     assert table.num_rows == 2 and table["status"].to_pylist() == ["error", "error"]
     assert table["error_class"].to_pylist() == ["permanent"] * 2
     assert all("model input refused" in e and n in e for e, n in zip(table["error"].to_pylist(), ["a.fits", "b.fits"]))
+
+
+def test_a_nights_blaze_is_fetched_once_per_worker_and_again_when_it_changes(tmp_path):
+    from survey_estimator.catalogue.read import _blaze_source
+
+    blaze = tmp_path / "HARPN.2016-01-10_blaze_A.fits"
+    blaze.write_bytes(b"first")
+    fetched = []
+
+    def fetch_blaze(uri):
+        fetched.append(uri)
+        return open(uri, "rb").read()
+
+    opts = ReadOptions(blaze_file=str(blaze))
+    assert [_blaze_source(f"e2ds-{i}.fits", {}, opts, fetch_blaze)[1] for i in range(3)] == [b"first"] * 3
+    assert fetched == [str(blaze)]
+    blaze.write_bytes(b"second!")  # re-reduced in place: another size (and time)
+    assert _blaze_source("e2ds-3.fits", {}, opts, fetch_blaze) == (blaze.name, b"second!")
+    assert len(fetched) == 2

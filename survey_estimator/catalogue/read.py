@@ -10,6 +10,7 @@ retried by the one retry layer (:mod:`survey_estimator.catalogue.retry`).
 from __future__ import annotations
 
 import logging
+import contextlib
 import math
 import os
 import stat
@@ -224,17 +225,24 @@ def _blaze_source(name: str, header, opts: ReadOptions, fetch_blaze):
     primary ``header`` names when the blaze index ``opts.blaze`` holds it (the one lookup,
     :func:`~survey_estimator.instruments.blaze.find_blaze`), else None; ``fetch_blaze(uri)``
     fetches it, once per process for the last :data:`BLAZE_CACHE_SIZE` blaze files (a failed
-    fetch is not kept). The reader calls it with the header it has parsed (one parse per file)."""
+    fetch is not kept; a local file is fetched again once its size or modification time
+    changed; archive objects are taken as immutable). The reader calls it with the header it has
+    parsed (one parse per file)."""
     uri = opts.blaze_file or (find_blaze(name, header, opts.blaze) if opts.blaze else None)
     if uri is None:
         return None
-    if uri in _BLAZE_CACHE:
-        _BLAZE_CACHE.move_to_end(uri)
+    key = uri
+    if not is_s3(uri):
+        with contextlib.suppress(OSError):
+            st = os.stat(uri)
+            key = f"{uri}\0{st.st_size}\0{st.st_mtime_ns}"
+    if key in _BLAZE_CACHE:
+        _BLAZE_CACHE.move_to_end(key)
     else:
-        _BLAZE_CACHE[uri] = fetch_blaze(uri)
+        _BLAZE_CACHE[key] = fetch_blaze(uri)
         while len(_BLAZE_CACHE) > BLAZE_CACHE_SIZE:
             _BLAZE_CACHE.popitem(last=False)
-    return (uri.rsplit("/", 1)[-1], _BLAZE_CACHE[uri])
+    return (uri.rsplit("/", 1)[-1], _BLAZE_CACHE[key])
 
 
 def _snr(mi, obs) -> float:

@@ -12,8 +12,8 @@ away); without it the flux stays blaze-shaped and the observation says so (``bla
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
 
