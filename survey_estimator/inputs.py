@@ -238,6 +238,10 @@ class NativeResampler:
         self.linear = tuple(lin[k] for k in active)
         self.same_kernel = all(torch.equal(c, l) for c, l in zip(self.cubic, self.linear))
         self.shape = (B, O, Pt)
+        # every target pixel IS its native pixel (training spectra on the native pixels): the
+        # output is the input where usable, NaN elsewhere, whatever the data
+        idx = torch.arange(Pt, device=j.device)
+        self.identity = Pt == P and bool((self.inside & ((self.on_left & (j == idx)) | (self.on_right & (j + 1 == idx)))).all())
 
     def _batch(self, x: torch.Tensor) -> int:
         """Batch size of a call on ``x``: a geometry of batch 1 serves data of any batch."""
@@ -258,6 +262,11 @@ class NativeResampler:
         B = self._batch(flux)
         shape = (B, *self.shape[1:])
         u = self._rows(usable)
+        if self.identity:
+            def same(x):
+                return torch.where(u, self._rows(x), torch.full((), float("nan"), dtype=x.dtype, device=x.device))
+
+            return same(flux), None if variance is None else same(variance), u
         taps = [k.expand(shape) for k in self.taps]
         j, j1 = (torch.gather(u, -1, k.expand(shape)) for k in self.neighbours)
         # a neighbour of weight zero need not be usable: on a native pixel the output is that pixel

@@ -158,3 +158,22 @@ def test_vacuum_to_air_known_values():
 def test_flag_bits_are_stable():
     assert (Flag.RESAMPLED, Flag.GAP_MASKED, Flag.RV_MEASURED, Flag.BLAZE_MISSING) == (1, 2, 4, 8)
     assert (Flag.GAP_MASKED | Flag.LOW_SNR).names() == ["GAP_MASKED", "LOW_SNR"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_resampler_on_its_own_pixels_is_the_identity_the_general_path_gives(dtype):
+    from survey_estimator import inputs
+
+    wave = torch.as_tensor(np.array(canonical_wave()))[None]
+    same = inputs.NativeResampler(wave, inputs.nearest_rows(wave))
+    shifted = inputs.NativeResampler(wave * (1 + 1e-6), inputs.nearest_rows(wave))
+    assert same.identity and not shifted.identity
+    g = torch.Generator().manual_seed(3)
+    flux, var = (torch.rand(4, 8, 4096, generator=g).to(dtype) for _ in range(2))
+    usable = torch.rand(4, 8, 4096, generator=g) > 0.05
+    fast = same(usable, flux, var)
+    same.identity = False  # the general taps and weights on the same geometry
+    general = same(usable, flux, var)
+    for a, b in zip(fast, general):
+        assert torch.equal(torch.nan_to_num(a, nan=-1.0), torch.nan_to_num(b, nan=-1.0))
+    assert torch.equal(fast[2], usable) and torch.isnan(fast[0][~usable]).all()
