@@ -8,7 +8,8 @@ the sampler alone; and the validation loss each network reaches after a fixed nu
 
 Per network, three timings of a training step at the given batch (median over ``--steps``):
 ``sample`` (the sampler makes one batch on the device), ``model`` (forward, loss, backward and
-optimiser step on a batch already there, bf16 autocast on CUDA) and ``full`` = sample + model,
+optimiser step on a batch already there; bf16 autocast where native: CUDA, CPUs with AVX512-BF16
+or AMX; --no-amp for float32) and ``full`` = sample + model,
 as the training loop runs it. Reported: samples/s per worker (``batch / full``), the sampler's
 share ``sample / full``, and ``model / full``, the fraction of a worker's step the accelerator
 spends on the network (the utilisation ceiling the on-device sampler leaves). One process, no DDP:
@@ -94,10 +95,10 @@ def learn(runner: EpochRunner, n_samples: int, batch: int, device) -> dict:
 
 
 def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int, warmup: int, preset: str,
-              n_learn: int = 0, sampler_batch: int = 0) -> dict:
+              n_learn: int = 0, sampler_batch: int = 0, amp: bool = True) -> dict:
     task, model, overrides = TASKS[name]
     cfg = TrainConfig(grid=grid, task=task, model=model, preset=preset, batch_size=batch, steps_per_epoch=1,
-                      model_overrides=overrides)
+                      model_overrides=overrides, amp=amp)
     torch.manual_seed(0)
     nets = {k: m.to(device) for k, m in build_networks(cfg).items()}
     runner = EpochRunner(cfg, device, 0, nets, build_optimisers(cfg, nets))
@@ -121,7 +122,7 @@ def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int
         learned = learn(runner, n_learn, batch, device)
     return {"sampler": sampler, "learn": learned,
         "net": name, "arch": {k: describe(m)[0] for k, m in nets.items()}, "params": params, "device": str(device),
-        "batch": batch, "amp_bf16": device.type == "cuda",
+        "batch": batch, "amp_bf16": runner.amp,
         "sample_s": t_s, "model_s": t_m, "full_s": full,
         "samples_per_s": batch / full, "samples_per_cpu_s": batch / cfull if cfull > 0 else None,
         "model_only_samples_per_s": batch / t_m, "sampler_share": t_s / full, "model_share": t_m / full,
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--sampler-batch", type=int, default=256, help="batch of the sampler-alone timing (0: skip)")
     p.add_argument("--preset", default="seed", choices=("seed", "tiny"))
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 (default: bf16 autocast where native)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,13 +162,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         grid = args.grid or tiny_grid(tmp)
         results = [bench_one(m, grid, device, batch, args.steps, args.warmup, args.preset, args.learn,
-                             args.sampler_batch if i == 0 else 0) for i, m in enumerate(args.models)]
+                             args.sampler_batch if i == 0 else 0, args.amp) for i, m in enumerate(args.models)]
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
            "loadavg": os.getloadavg(), "cpu": _cpu_name(), "grid": grid if args.grid else "tiny analytic"}
     print(f"# training throughput per worker, {device} ({env['cpu']}, {env['cpu_count']} CPUs, torch {env['torch']}, "
           f"{env['threads']} threads, load {env['loadavg'][0]:.1f} / {env['loadavg'][1]:.1f} / {env['loadavg'][2]:.1f}), "
-          f"batch {batch}, preset {args.preset}, grid {env['grid']}\n")
+          f"batch {batch}, preset {args.preset}, grid {env['grid']}, "
+          f"{'bf16 autocast' if results[0]['amp_bf16'] else 'float32'}\n")
     s = results[0]["sampler"]
     if s:
         print(f"sampler alone, batch {s['batch']}: {s['no_clean_per_s']:.0f} spectra/s ({s['no_clean_per_cpu_s']:.0f} per CPU-s) "

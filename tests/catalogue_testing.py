@@ -39,9 +39,9 @@ def write_catalogue(root, uris, nights, teff, model=("m", "1"), status="ok", eta
     return table
 
 
-def save_tiny_bundle(path, name="tiny-test", seed=0, label_range=None):
-    """An untrained tiny ResNet bundle saved with ModelBundle (real safetensors + manifest);
-    ``label_range``: the {label: [lo, hi]} it claims to have been trained on."""
+def save_tiny_bundle(path, name="tiny-test", seed=0, label_range=None, architecture="resnet"):
+    """An untrained tiny bundle (``architecture``: resnet or attention) saved with ModelBundle
+    (real safetensors + manifest); ``label_range``: the {label: [lo, hi]} it claims to have been trained on."""
     import torch
 
     from survey_estimator.models.bundle import ModelBundle
@@ -52,7 +52,7 @@ def save_tiny_bundle(path, name="tiny-test", seed=0, label_range=None):
     except ImportError:
         PREPROCESSING_VERSION = "unset"
     torch.manual_seed(seed)
-    bundle = ModelBundle.create(build_model("resnet", preset="tiny"), name=name,
+    bundle = ModelBundle.create(build_model(architecture, preset="tiny"), name=name,
                                 preprocessing_version=PREPROCESSING_VERSION, grid_id="test-grid", commit="test",
                                 label_range=label_range)
     return bundle.save(path)

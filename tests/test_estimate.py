@@ -189,6 +189,29 @@ def test_real_star_check_beside_literature_with_the_models_range(tmp_path, capsy
     assert (tmp_path / "ev" / "real_stars.md").read_text().count("OUTSIDE_GRID") == 3
 
 
+def test_attention_maps_of_a_real_star_are_drawn_and_logged_to_mlflow(tmp_path, monkeypatch, capsys):
+    """An attention model's three maps under a real spectrum (HD 41248's S2D here: no Sun in
+    tests/data), their share on Mg b, the PNG and the figures in a real MLflow store."""
+    import mlflow
+
+    model = save_tiny_bundle(tmp_path / "att", name="tiny-attention", architecture="attention")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ev = tmp_path / "ev"
+    rc = run_command("evaluate", ["--model", str(model), "--real-stars", str(DATA), "--out", str(ev), "--device", "cpu",
+                                  "--log", "--experiment", "test-attention"])
+    assert rc == 0
+    assert "attention maps of HD41248_1_1_S2D_A.rows80-95.fits.gz" in capsys.readouterr().out
+    att = json.loads((ev / "attention_real.json").read_text())
+    assert att["file"] == "HD41248_1_1_S2D_A.rows80-95.fits.gz" and att["png"] == "attention_real.png"
+    assert len(att["mgb"]["share"]) == 3 and all(0 < s < 1 for s in att["mgb"]["share"])
+    assert (ev / "attention_real.png").stat().st_size > 20_000
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test-attention").experiment_id])
+    assert {"evaluation/attention_real.png", "evaluation/attention_real.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert run.data.metrics["real/attention_mgb_enrichment_block2"] == pytest.approx(att["mgb"]["enrichment"][1])
+
+
 def test_evaluate_needs_a_grid_or_real_stars_and_a_real_dae_checkpoint(bundle, tmp_path, capsys):
     assert run_command("evaluate", ["--model", str(bundle)]) == 2
     assert "--real-stars" in capsys.readouterr().err

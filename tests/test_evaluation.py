@@ -89,7 +89,24 @@ def test_plots_write_png(tmp_path):
     maps = np.random.default_rng(0).random((3, 8, 4096))
     maps /= maps.sum(axis=(1, 2), keepdims=True)
     w, h = _png_size(plots.attention_plot(wave, flux, maps, tmp_path / "sub" / "att.png"))
-    assert h > w / 2
+    assert h > w / 3
+
+
+def test_attention_on_lines_is_one_for_a_uniform_map_and_large_for_a_map_on_mg_b():
+    from survey_estimator.evaluation.metrics import attention_near_lines
+    from survey_estimator.layout import canonical_wave
+    from survey_estimator.rv import MGB_AIR
+
+    wave = canonical_wave()
+    uniform = np.full((1, *wave.shape), 1.0 / wave.size)
+    near = attention_near_lines(wave, uniform, MGB_AIR, half_width=0.5)
+    assert 0 < near["pixel_share"] < 0.02
+    assert near["enrichment"][0] == pytest.approx(1.0)
+    on_b2 = np.exp(-0.5 * ((wave - MGB_AIR[1]) / 0.1) ** 2)[None]
+    far = np.exp(-0.5 * ((wave - 5300.0) / 0.1) ** 2)[None]
+    near = attention_near_lines(wave, np.concatenate([on_b2 / on_b2.sum(), far / far.sum()]), MGB_AIR, half_width=0.5)
+    assert near["share"][0] > 0.99 and near["share"][1] < 1e-6
+    assert near["enrichment"][0] == pytest.approx(near["share"][0] / near["pixel_share"])
 
 
 def test_evaluate_bundle_on_held_out_nodes_with_attention_maps(tiny_grid, tmp_path):
@@ -118,6 +135,8 @@ def test_evaluate_bundle_on_held_out_nodes_with_attention_maps(tiny_grid, tmp_pa
     assert {"attention.png", "residuals_snr30.png", "sigma_snr300.png", "report.md", "scores.json"} <= files
     flat = report.flat_metrics()
     assert "snr300/mae_teff" in flat and "snr30/within_1sigma_teff_cal" in flat and "calibration/teff" in flat
+    assert [flat[f"attention/mgb_enrichment_block{b}"] for b in (1, 2, 3)] == report.attention["mgb"]["enrichment"]
+    assert "Attention within 0.5 A of the lines (5167.32, 5172.68, 5183.60 A" in (tmp_path / "report.md").read_text()
 
     # test labels outside every held-out node's Teff: a clear error, not an endless loop
     with pytest.raises(ValueError, match="no test node"):

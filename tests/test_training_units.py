@@ -98,6 +98,29 @@ def test_one_worker_epoch_on_the_tiny_grid(tiny_grid):
     assert line.startswith("epoch 1/3") and "val MAE teff" in line
 
 
+@pytest.mark.parametrize("amp", [True, False])
+def test_cpu_steps_use_bf16_autocast_only_where_native_and_give_the_float32_loss(tiny_grid, amp):
+    """Where oneDNN has bf16 kernels (this VM's AVX512-BF16) the estimator runs under bf16 autocast:
+    its NLL on the same batch and weights is within bf16 rounding of the float32 one."""
+    from survey_estimator.training.loop import bf16_autocast_helps
+
+    cfg = TrainConfig(grid=tiny_grid, task="estimator", model="attention", preset="tiny", batch_size=4, amp=amp)
+    torch.manual_seed(0)
+    nets = build_networks(cfg)
+    runner = EpochRunner(cfg, torch.device("cpu"), 0, nets, build_optimisers(cfg, nets))
+    assert runner.amp == (amp and bf16_autocast_helps(torch.device("cpu")))
+    batch = runner.sampler.sample(4, "train")
+    nets["estimator"].eval()
+    with torch.no_grad():
+        loss = runner._step(batch.x, batch.clean, batch.labels, train=False)["nll"]
+        runner.amp = False
+        reference = runner._step(batch.x, batch.clean, batch.labels, train=False)["nll"]
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(reference), rel=0.05)
+    if not amp:
+        assert float(loss) == float(reference)
+
+
 def test_dae_from_a_checkpoint_goes_in_front_of_an_estimator(tmp_path):
     from survey_estimator.models import build_model
     from survey_estimator.models.bundle import ModelBundle

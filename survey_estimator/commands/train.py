@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiply the learning rate by --lr-decay-factor for the last N epochs (0: never)")
     g.add_argument("--lr-decay-factor", type=float, default=default("lr_decay_factor"))
     g.add_argument("--grad-clip", type=float, default=default("grad_clip"), help="gradient norm clip (0: off)")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on GPU")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="float32 throughout (default: bf16 autocast on GPUs and on CPUs with native bf16, AVX512-BF16 or AMX)")
     g.add_argument("--seed", type=int, default=default("seed"))
 
     g = p.add_argument_group("cluster and storage")

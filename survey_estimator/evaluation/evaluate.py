@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..labels import LABEL_NAMES
 from ..sampling import Sampler, SamplerConfig
 from . import plots
-from .metrics import BoundScores, Scores, bound_scores, bound_table, coverage_table, fit_calibration_scales, mae_table, score
+from .metrics import BoundScores, Scores, attention_near_lines, bound_scores, bound_table, coverage_table, fit_calibration_scales, mae_table, score
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class EvaluationReport:
     fit_scores_cal: dict[str, Scores] = field(default_factory=dict)
     """'S/N 20, fit' -> the same with the S/N-calibrated statistical sigmas."""
     attention: dict | None = None
-    """{"wave": (8, 4096), "flux": (8, 4096), "maps": (3, 8, 4096), "labels": (4,)} for attention nets."""
+    """:func:`attention_example` of one test spectrum, for attention nets."""
 
     def markdown(self) -> str:
         cal = ", ".join(f"{n} x{s:.3f}" for n, s in zip(LABEL_NAMES, self.calibration))
@@ -139,6 +139,8 @@ class EvaluationReport:
             if any(not np.array_equal(f.sigma_cal, f.sigma_stat) for f in self.fits.values()):
                 parts[-1:-1] = ["### Within 1 / 2 sigma, the fit's statistical sigmas calibrated by S/N on held-out "
                                 "spectra (`FitResult.cov_cal`; docs/fit.md)", coverage_table(self.fit_scores_cal)]
+        if self.attention is not None:
+            parts += ["### Attention on the Mg b lines (one test spectrum)", attention_line_text(self.attention["mgb"])]
         return "\n\n".join(parts)
 
     def flat_metrics(self) -> dict[str, float]:
@@ -158,6 +160,8 @@ class EvaluationReport:
             out.update({f"{k}_cal": v for k, v in sc.flat(f"{_slug(key)}_fit/").items() if "within" in k})
         if self.sigma_limit is not None:
             out.update({f"sigma_limit/{n}": float(v) for n, v in zip(LABEL_NAMES, self.sigma_limit)})
+        if self.attention is not None:
+            out.update({f"attention/mgb_enrichment_block{b + 1}": float(v) for b, v in enumerate(self.attention["mgb"]["enrichment"])})
         return out
 
     def write(self, out_dir: str | os.PathLike) -> list[Path]:
@@ -195,6 +199,13 @@ class EvaluationReport:
         (out / "scores.json").write_text(json.dumps(scores, indent=1))
         files += [out / "report.md", out / "scores.json"]
         return files
+
+
+def attention_line_text(near: dict) -> str:
+    """One sentence of :func:`.metrics.attention_near_lines`: share and enrichment per block."""
+    blocks = "; ".join(f"block {b + 1}: {100 * s:.1f} % ({e:.1f}x)" for b, (s, e) in enumerate(zip(near["share"], near["enrichment"])))
+    return (f"Attention within {near['half_width_A']:g} A of the lines ({', '.join(f'{c:.2f}' for c in near['lines'])} A; "
+            f"{100 * near['pixel_share']:.2f} % of the pixels), and that share over the pixels' (1x = no preference): {blocks}.")
 
 
 def _slug(key: str) -> str:
@@ -293,24 +304,21 @@ def fit_set(bundle, sampler: Sampler, snr: float, cfg: EvalConfig, calibration: 
                   cat["bound"], cat["chi2"], cat["flags"], seconds / got)
 
 
-def attention_example(bundle, sampler: Sampler, split: str, snr: float, generator: torch.Generator) -> dict | None:
-    """Attention maps of one test spectrum (None when the estimator has none)."""
-    est = bundle.estimator
-    if getattr(est, "architecture", None) != "attention":
+def attention_example(bundle, sampler: Sampler, split: str, snr: float, generator: torch.Generator,
+                      use_dae: bool = True) -> dict | None:
+    """Attention maps of one test spectrum and their share on the Mg b lines (None when the
+    estimator has none): {"wave", "flux", "maps" (3, 8, 4096), "labels", "mgb"
+    (:func:`.metrics.attention_near_lines`)}."""
+    if getattr(bundle.estimator, "architecture", None) != "attention":
         return None
     from ..layout import canonical_wave
+    from ..rv import MGB_AIR
 
     batch = sampler.with_config(snr_range=(snr, snr)).sample(1, split=split, generator=generator)
-    x = batch.x.to(bundle.device)
-    was = est.training
-    est.eval()
-    with torch.inference_mode():
-        if bundle.dae is not None:
-            x = bundle.dae.denoise(x)
-        _, maps = est(x, return_attention=True)
-    est.train(was)
-    return {"wave": canonical_wave(), "flux": batch.x[0, 0].cpu().numpy() + 1.0, "maps": maps[0].float().cpu().numpy(),
-            "labels": batch.labels[0].cpu().numpy()}
+    maps = bundle.attention_maps(batch.x, use_dae=use_dae)[0]
+    wave = canonical_wave()
+    return {"wave": wave, "flux": batch.x[0, 0].cpu().numpy() + 1.0, "maps": maps,
+            "labels": batch.labels[0].cpu().numpy(), "mgb": attention_near_lines(wave, maps, MGB_AIR)}
 
 
 def evaluate_bundle(bundle, grid, cfg: EvalConfig, device: str | torch.device | None = None,
@@ -347,5 +355,5 @@ def evaluate_bundle(bundle, grid, cfg: EvalConfig, device: str | torch.device | 
             report.fit_scores_cal[f"{key}, fit"] = score(f.true, f.mean, f.sigma_cal)
             log.info("%s: fit RMS / bound %s in %.0f ms per spectrum", key,
                      np.round(report.bounds[f"{key}, fit"].rms_over_bound, 2), 1e3 * f.seconds_per_spectrum)
-    report.attention = attention_example(bundle, sampler, cfg.split, cfg.snrs[0], g)
+    report.attention = attention_example(bundle, sampler, cfg.split, cfg.snrs[0], g, use_dae=cfg.use_dae)
     return report

@@ -156,3 +156,25 @@ def bound_table(rows: dict[str, BoundScores]) -> str:
                  for n, r, b, q in zip(LABEL_NAMES, s.rms, s.median_bound, s.rms_over_bound)]
         lines.append(f"| {key} | {s.n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def attention_near_lines(wave: np.ndarray, maps: np.ndarray, lines: tuple[float, ...], half_width: float = 0.5) -> dict:
+    """How much of each attention map falls on given lines.
+
+    Args:
+        wave: (O, P) wavelengths, A; maps: (n_blocks, O, P) attention maps (each summing to 1).
+        lines: line centres, A, in the frame of ``wave``; half_width: A either side of a centre.
+    Returns:
+        {"lines", "half_width_A", "share" (n_blocks,): the attention within ``half_width`` of a line,
+        "pixel_share": the fraction of pixels there (what a uniform map gives), "enrichment"
+        (n_blocks,): share / pixel_share (1 = no preference for the lines)}.
+    """
+    wave, maps = np.asarray(wave, np.float64), np.asarray(maps, np.float64)
+    near = np.zeros(wave.shape, dtype=bool)
+    for centre in lines:
+        near |= np.abs(wave - centre) <= half_width
+    pixel_share = float(near.mean())
+    share = (maps * near).sum(axis=(-2, -1)) / maps.sum(axis=(-2, -1))
+    enrichment = share / pixel_share if pixel_share > 0 else np.full_like(share, np.nan)
+    return {"lines": [float(c) for c in lines], "half_width_A": float(half_width), "share": share.tolist(),
+            "pixel_share": pixel_share, "enrichment": enrichment.tolist()}

@@ -2,7 +2,7 @@
 
 - :func:`residual_plot` residuals vs true label (the seed's Fig. 3)
 - :func:`sigma_plot` predicted sigma vs true label (Fig. 4), raw and calibrated
-- :func:`attention_plot` attention maps over a spectrum (Fig. 5)
+- :func:`attention_plot` attention maps under a spectrum, Mg b marked (Fig. 5)
 - :func:`coverage_plot` observed vs expected fraction within k sigma (calibration)
 
 Array conventions as in :mod:`.metrics`: (N, 4) physical labels in ``LABEL_NAMES`` order.
@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from scipy.special import erf
 
 from ..labels import LABEL_NAMES, LABEL_TITLES
+from ..rv import MGB_AIR
 
 _MAX_POINTS = 20000
 
@@ -129,32 +130,46 @@ def coverage_plot(true: np.ndarray, mean: np.ndarray, sigma: np.ndarray, path: s
 
 
 def attention_plot(wave: np.ndarray, flux: np.ndarray, maps: np.ndarray, path: str | os.PathLike,
-                   title: str = "") -> Path:
-    """Attention maps over one spectrum: one panel per order.
+                   title: str = "", lines: tuple[float, ...] = MGB_AIR, lines_name: str = "Mg b",
+                   zoom: tuple[float, float] = (5160.0, 5190.0)) -> Path:
+    """The spectrum with one attention map per block under it (the seed's Fig. 5), the whole band
+    on the left and a zoom on ``zoom`` (the Mg b triplet) on the right, ``lines`` marked.
 
     Args:
-        wave: (8, 4096) Angstrom.
-        flux: (8, 4096) normalised flux (channel 0 of the model input).
-        maps: (n_blocks, 8, 4096) attention maps upsampled to the input (each block's map sums to 1).
+        wave: (8, 4096) air wavelengths, A.
+        flux: (8, 4096) normalised flux (channel 0 of the model input + 1).
+        maps: (n_blocks, 8, 4096) attention maps upsampled to the input (each block's map sums to 1);
+            each panel shows its block's map divided by that map's peak.
+        lines: wavelengths (A) marked by dashed lines in every panel.
     """
     wave, flux, maps = np.asarray(wave, float), np.asarray(flux, float), np.asarray(maps, float)
-    n_orders = wave.shape[0]
-    fig = _figure(12, 1.6 * n_orders)
-    axes = fig.subplots(n_orders, 1)
+    n_blocks = maps.shape[0]
+    fig = _figure(13, 1.5 * (n_blocks + 2))
+    axes = fig.subplots(n_blocks + 1, 2, sharex="col", squeeze=False,
+                        gridspec_kw={"width_ratios": [2.2, 1.0], "height_ratios": [2.0] + [1.0] * n_blocks})
     colours = ["tab:red", "tab:green", "tab:purple", "tab:orange"]
-    for o, ax in enumerate(np.atleast_1d(axes)):
-        ax.plot(wave[o], flux[o], color="k", lw=0.5)
-        ax.set_ylabel(f"order {o}", fontsize=8)
-        twin = ax.twinx()
-        for b in range(maps.shape[0]):
-            m = maps[b, o] / max(maps[b].max(), 1e-30)
-            twin.plot(wave[o], m, color=colours[b % len(colours)], lw=0.8, alpha=0.8, label=f"block {b + 1}")
-        twin.set_ylim(0, 3.0)  # maps (each scaled to its peak) fill the lower third, under the spectrum
-        twin.set_yticks([])
-    np.atleast_1d(axes)[-1].set_xlabel("air wavelength [A]")
-    handles, labels = twin.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside upper right", fontsize=8, ncols=len(handles))
+    for col, (lo, hi) in enumerate(((float(wave.min()), float(wave.max())), zoom)):
+        for o in range(wave.shape[0]):
+            sel = (wave[o] >= lo) & (wave[o] <= hi)
+            if not sel.any():
+                continue
+            axes[0, col].plot(wave[o][sel], flux[o][sel], color="k", lw=0.4)
+            for b in range(n_blocks):
+                peak = max(maps[b].max(), 1e-30)
+                axes[b + 1, col].plot(wave[o][sel], maps[b, o][sel] / peak, color=colours[b % len(colours)], lw=0.6)
+        for ax in axes[:, col]:
+            for w in lines:
+                ax.axvline(w, color="tab:blue", ls="--", lw=0.7, alpha=0.8)
+        axes[0, col].set_xlim(lo, hi)
+        axes[-1, col].set_xlabel("air wavelength [A]")
+        axes[0, col].text(lines[0], 1.0, lines_name + " ", color="tab:blue", ha="right", va="bottom",
+                          fontsize=8, transform=axes[0, col].get_xaxis_transform())
+    axes[0, 0].set_ylabel("flux")
+    for b in range(n_blocks):
+        axes[b + 1, 0].set_ylabel(f"block {b + 1}", fontsize=8)
+        for ax in axes[b + 1]:
+            ax.set_ylim(0, 1.05)
+            ax.set_yticks([])
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -218,3 +218,31 @@ def fit_residual(ref, path: str, out_png: str | None = None) -> dict:
     return {"file": os.path.basename(path), "labels": res.labels[0].tolist(), "chi2_red": float(res.chi2_red[0]),
             "model_error": float(res.model_error[0]), "rms_percent": rms, "noise_percent": noise,
             "wave_range": [[float(mi.wave[o][0]), float(mi.wave[o][-1])] for o in range(mi.wave.shape[0])]}
+
+
+def attention_of_star(ref, path: str, out_png: str, use_dae: bool = True) -> dict:
+    """The attention maps of an attention model for one real spectrum (the seed's Fig. 5 on a real
+    star): the file goes through the catalogue's reader and input builder, the three maps are drawn
+    under its spectrum with the Mg b lines marked (:func:`.plots.attention_plot`).
+
+    Returns:
+        {"file", "png", "mgb": :func:`.metrics.attention_near_lines` of the maps on the Mg b lines
+        (rest frame, as the model input is)}.
+    Raises:
+        ValueError: the model is not an attention network.
+    """
+    from ..instruments import read_observation
+    from ..models.resolve import load_bundle
+    from ..preprocess import preprocess
+    from ..rv import MGB_AIR
+    from . import plots
+    from .metrics import attention_near_lines
+
+    bundle = load_bundle(ref)
+    mi = preprocess(read_observation(path))
+    maps = bundle.attention_maps(mi.x[None], use_dae=use_dae)[0]
+    flux = mi.flux.copy()
+    flux[~mi.mask] = float("nan")  # gaps drawn as gaps
+    name = os.path.basename(path)
+    plots.attention_plot(mi.wave, flux, maps, out_png, title=f"attention maps of {bundle.manifest.name}, {name}")
+    return {"file": name, "png": os.path.basename(out_png), "mgb": attention_near_lines(mi.wave, maps, MGB_AIR)}

@@ -18,6 +18,7 @@ the manifest, its network configs and the weights files have size limits (:data:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -489,23 +490,44 @@ class ModelBundle:
         (networks in eval mode, their previous mode restored after); the DAE is applied first
         when ``use_dae`` and the bundle has one.
         """
-        x = torch.as_tensor(x)
-        if x.ndim != 4 or x.shape[1] != 2:
-            raise ValueError(f"model input must be (B, 2, orders, pixels), got {tuple(x.shape)}")
+        x = _model_input(x)
+        with self._inference():
+            batches = [self._predict_batch(x[i : i + batch_size], use_dae) for i in range(0, x.shape[0], batch_size)]
+        if not batches:
+            k = len(LABEL_NAMES)
+            return Prediction(np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, k, k)))
+        return Prediction(*(np.concatenate(parts) for parts in zip(*batches)))
+
+    def attention_maps(self, x: np.ndarray | torch.Tensor, use_dae: bool = True) -> np.ndarray:
+        """The attention estimator's maps for model input ``x`` (B, 2, 8, 4096): (B, 3, 8, 4096)
+        float32, each block's map non-negative and summing to 1 over the 8 x 4096 positions.
+
+        Raises:
+            ValueError: the estimator has no attention maps (not the ``attention`` architecture).
+        """
+        if getattr(self.estimator, "architecture", None) != "attention":
+            raise ValueError(f"a {self.manifest.architecture} estimator has no attention maps")
+        x = _model_input(x)
+        with self._inference():
+            xb = x.to(device=self.device, dtype=torch.float32)
+            if use_dae and self.dae is not None:
+                xb = self.dae.denoise(xb)
+            _, maps = self.estimator(xb, return_attention=True)
+        return maps.float().cpu().numpy()
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """The networks in eval mode under ``torch.inference_mode``; their modes restored after."""
         nets = [n for n in (self.estimator, self.dae) if n is not None]
         modes = [n.training for n in nets]
         for n in nets:
             n.eval()
         try:
             with torch.inference_mode():
-                batches = [self._predict_batch(x[i : i + batch_size], use_dae) for i in range(0, x.shape[0], batch_size)]
+                yield
         finally:
             for n, mode in zip(nets, modes):
                 n.train(mode)
-        if not batches:
-            k = len(LABEL_NAMES)
-            return Prediction(np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, k, k)))
-        return Prediction(*(np.concatenate(parts) for parts in zip(*batches)))
 
     def _predict_batch(self, xb: torch.Tensor, use_dae: bool) -> tuple[np.ndarray, ...]:
         """(mean, sigma_raw, sigma, covariance) as float64 numpy for one batch."""
@@ -517,3 +539,11 @@ class ModelBundle:
         raw = to_physical(out, self.scaler)
         cal = to_physical(out, self.scaler, sigma_scale=self.sigma_scale)
         return tuple(t.cpu().numpy() for t in (raw.mean, raw.sigma, cal.sigma, cal.covariance))
+
+
+def _model_input(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``x`` as a tensor, checked to be (B, 2, orders, pixels)."""
+    x = torch.as_tensor(x)
+    if x.ndim != 4 or x.shape[1] != 2:
+        raise ValueError(f"model input must be (B, 2, orders, pixels), got {tuple(x.shape)}")
+    return x

@@ -51,7 +51,7 @@ class TrainConfig:
     lr_decay_factor: float = 0.1
     grad_clip: float = 10.0
     amp: bool = True
-    """bf16 autocast on GPU (ignored on CPU)."""
+    """bf16 autocast where it is native: GPUs, and CPUs with AVX512-BF16 or AMX (elsewhere float32)."""
     seed: int = 0
     """Seeds the networks' initialisation and each worker's sample stream (worker r: seed * 7919 + r)."""
     split_seed: int = 0

@@ -35,9 +35,22 @@ log = logging.getLogger(__name__)
 VALIDATION_SEED_OFFSET = 1_000_003
 
 
+def bf16_autocast_helps(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively on ``device``: any CUDA device, or a CPU whose oneDNN
+    has bf16 kernels (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -55,7 +68,9 @@ class EpochRunner:
         self.nets, self.optimisers = nets, optimisers
         self.scaler = LabelScaler()
         self.sampler = make_sampler(cfg, device, seed=cfg.seed * 7919 + rank)
-        self.amp = cfg.amp and device.type == "cuda"
+        self.amp = cfg.amp and bf16_autocast_helps(device)
+        if self.amp and rank == 0:
+            log.info("bf16 autocast on %s (--no-amp: float32)", device.type)
 
     def _step(self, x: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
         """Losses of one batch (B, 2, 8, 4096); with ``train`` also the optimiser steps."""
