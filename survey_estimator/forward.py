@@ -253,14 +253,11 @@ class ForwardModel:
     @classmethod
     def from_grid(cls, grid, device: str = "cpu", config: ForwardConfig | None = None, cache: bool = True,
                   progress: bool = True) -> "ForwardModel":
-        """The forward model of a grid store URI, :class:`~.synth.store.GridStore` or DenseGrid."""
-        from .synth.store import GridStore
+        """The forward model of a grid store URI, packed ``.npz``, :class:`~.synth.store.GridStore`
+        or DenseGrid (:func:`~.synth.store.open_grid`)."""
+        from .synth.store import open_grid
 
-        if isinstance(grid, (str, os.PathLike)):
-            grid = GridStore(str(grid))
-        if isinstance(grid, GridStore):
-            grid = grid.load_dense()
-        interp = GridInterpolator.from_dense(grid, device=device)
+        interp = GridInterpolator.from_dense(open_grid(grid), device=device)
         return cls.from_interpolator(interp, config, cache=cache, progress=progress)
 
     def with_index_map(self, index_map) -> "ForwardModel":

@@ -191,6 +191,31 @@ def test_table_cache_round_trip(tiny_grid, monkeypatch, tmp_path):
     assert float((first.spectra(lab) - again.spectra(lab)).abs().max()) == 0.0
 
 
+def test_compact_packed_grid_trains_like_the_store(tiny_grid, tmp_path):
+    """Format 2 (fixed point 2^-11, lzma): the store's nodes to step / sqrt(12) rms, its id and label
+    range without loading spectra, and a sampler on it drawing what the store's sampler draws."""
+    from survey_estimator.sampling import Sampler, SamplerConfig
+    from survey_estimator.synth.packed import COMPACT_FORMAT, load_packed, pack_grid, packed_manifest
+    from survey_estimator.synth.store import grid_identity, open_grid
+
+    out = tmp_path / "g2.npz"
+    summary = pack_grid(tiny_grid, out, step=2.0**-11)
+    dense = GridStore(tiny_grid).load_dense()
+    packed = load_packed(out)
+    assert summary["format"] == packed_manifest(out)["packed_format"] == COMPACT_FORMAT
+    assert np.array_equal(packed.valid, dense.valid) and packed.grid_id == dense.grid_id
+    err = np.abs(packed.flux - dense.flux)[dense.valid]
+    assert float(err.max()) <= 2.0**-12 * 1.0001 and summary["rms"] == pytest.approx(2.0**-11 / np.sqrt(12), rel=0.2)
+    assert grid_identity(str(out)) == grid_identity(tiny_grid) == (dense.grid_id, dense.label_range())
+    assert open_grid(str(out)).flux.shape == dense.flux.shape
+    draws = []
+    for grid in (tiny_grid, str(out)):
+        sampler = Sampler(grid, SamplerConfig(snr_range=(50.0, 50.0), seed=1))
+        draws.append(sampler.sample(4, generator=torch.Generator().manual_seed(5)))
+    np.testing.assert_array_equal(draws[0].labels, draws[1].labels)
+    assert float((draws[0].x - draws[1].x).abs().max()) < 5e-3  # the same noise on spectra 1e-4 apart
+
+
 def test_packed_grid_reproduces_the_store(tiny_grid, tmp_path, monkeypatch):
     from survey_estimator.fit.grid import resolve_grid, shipped_grid
     from survey_estimator.synth.packed import load_packed, pack_grid

@@ -354,3 +354,19 @@ def test_one_blaze_lookup_for_local_files_and_archive_listings(tmp_path, data_di
     assert find_blaze(E2DS, header, list_archive(str(tmp_path)).blaze) == local
     assert blaze_key("HARPS.2003-12-12T21:42:45.093_blaze_A.fits.gz") == BLAZE
     assert find_blaze(E2DS, fits.getheader(data_dir / S1D), {BLAZE: local}) is None  # no blaze card in s1d products
+
+
+def test_training_spectra_need_no_fits_stack():
+    """The sampler, the training loop and the bundle import without astropy (a lent GPU machine
+    has none); the readers come on first use of ``read_observation``."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['astropy'] = None\n"
+            "import survey_estimator.sampling, survey_estimator.training.loop, survey_estimator.models.bundle\n"
+            "import survey_estimator.synth.packed, survey_estimator.instruments as ins\n"
+            "assert ins.lookup('HARPN').name\n"
+            "try:\n    ins.read_observation\nexcept ImportError:\n    print('readers need astropy')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "readers need astropy"

@@ -169,3 +169,33 @@ def test_checkpoints_on_s3_and_resume(ray_cluster, tiny_grid, s3_bucket, tmp_pat
     assert any(k.endswith("/state.pt") for k in keys), keys
     second = fit(cfg(2))
     assert second.state.starts == [0, 1] and second.state.epoch == 1
+
+
+def test_local_training_without_ray_mlflow_or_astropy_resumes_and_writes_a_bundle(tiny_grid, tmp_path):
+    """What a lent GPU node runs (infra/gpu-train.sh): `jobs/train.py --local --no-tracking` on a
+    compact packed grid, in a process where Ray, MLflow and astropy cannot be imported; a rerun
+    with more epochs resumes from the local checkpoint; the bundle loads and predicts."""
+    from survey_estimator.models.bundle import ModelBundle
+    from survey_estimator.synth.packed import pack_grid
+
+    grid = tmp_path / "grid.npz"
+    pack_grid(tiny_grid, grid, step=2.0**-11)
+    repo = Path(__file__).resolve().parents[1]
+    block = "import runpy, sys\nfor m in ('ray', 'mlflow', 'astropy'):\n    sys.modules[m] = None\n"
+
+    def train(epochs: int) -> str:
+        args = ["--local", "--no-tracking", "--grid", str(grid), "--preset", "tiny", "--epochs", str(epochs),
+                "--steps-per-epoch", "2", "--val-steps", "1", "--batch-size", "2", "--storage", str(tmp_path / "runs"),
+                "--run-name", "gpu-lease", "--eval-n", "4", "--eval-snr", "50", "--bundle-out", str(tmp_path / "out")]
+        code = block + f"sys.argv = {['train.py', *args]!r}\nrunpy.run_path({str(repo / 'jobs' / 'train.py')!r}, run_name='__main__')\n"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    assert "epochs 1-2 of 2 (restarts at [0])" in train(2)
+    assert "epochs 3-3 of 3 (restarts at [0, 2])" in train(3)
+    bundle = ModelBundle.load(tmp_path / "out", device="cpu")
+    assert bundle.manifest.metrics["training"]["epochs"] == 3
+    assert bundle.manifest.label_range["teff"] == [5000.0, 6000.0]
+    pred = bundle.predict(torch.zeros(2, 2, 8, 4096))
+    assert np.all(np.isfinite(pred.mean)) and np.all(pred.sigma > 0)

@@ -3,11 +3,14 @@
 Runs on a local Ray (started on demand) or on the cluster of $RAY_ADDRESS / `ray job submit`.
 Workers draw spectra with the grid sampler on their own device; GPUs are used when present.
 Reusing --run-name resumes that run from its last checkpoint (e.g. with more --epochs).
+--local trains in this process without Ray (one device); the grid may be a packed .npz
+(`python -m survey_estimator.synth.packed STORE OUT.npz 0.00048828125`, see infra/gpu-train.sh).
 
 Examples:
   survey-estimator train --grid grids/tiny --preset tiny --epochs 2 --steps-per-epoch 5 --batch-size 4
   ray job submit --working-dir . -- python jobs/train.py --grid s3://bucket/grid --num-workers 4 \\
       --storage s3://bucket/runs --run-name resnet-a
+  python jobs/train.py --local --no-tracking --grid grid.npz --model resnet --bundle-out out/bundle
 """
 from __future__ import annotations
 
@@ -74,6 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=default("seed"))
 
     g = p.add_argument_group("cluster and storage")
+    g.add_argument("--local", action="store_true",
+                   help="train in this process on one device, without Ray (a machine without it, e.g. a lent GPU node); "
+                        "with --no-tracking it needs neither Ray nor MLflow")
+    g.add_argument("--bundle-out", metavar="DIR", default=None, help="also copy the finished bundle to DIR")
     g.add_argument("--num-workers", type=int, default=default("num_workers"))
     g.add_argument("--use-gpu", type=_bool_or_auto, default=None, metavar="auto|true|false",
                    help="GPU workers (default auto: when the cluster has a GPU per worker)")
@@ -104,7 +111,7 @@ def config_from_args(args: argparse.Namespace):
         snr_min=args.snr_min, snr_max=args.snr_max, lr=args.lr, dae_lr=args.dae_lr, weight_decay=args.weight_decay,
         dae_weight_decay=args.dae_weight_decay, lr_decay_epochs=args.lr_decay_epochs, lr_decay_factor=args.lr_decay_factor,
         grad_clip=args.grad_clip, amp=args.amp, seed=args.seed, split_seed=args.split_seed,
-        num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        num_workers=args.num_workers, local=args.local, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         storage=args.storage, run_name=args.run_name, keep_checkpoints=args.keep_checkpoints,
         experiment=args.experiment, tracking_uri=args.tracking_uri, register_name=args.register_name, alias=args.alias,
         register=args.register, eval_snr=tuple(args.eval_snr), eval_n=args.eval_n, eval=args.eval,
@@ -128,4 +135,9 @@ def run(args: argparse.Namespace) -> int:
               + (f" (models:/{cfg.register_name}@{cfg.alias})" if cfg.alias else ""))
     elif summary.bundle_dir:
         print(f"bundle in {summary.bundle_dir}")
+    if args.bundle_out and summary.bundle_dir:
+        import shutil
+
+        shutil.copytree(summary.bundle_dir, args.bundle_out, dirs_exist_ok=True)
+        print(f"bundle copied to {args.bundle_out}")
     return 0

@@ -91,7 +91,5 @@ def resolve_grid(grid_id: str | None, explicit: str | None = None, recorded: str
 def load_forward_model(uri: str, device: str = "cpu", progress: bool = True):
     """The :class:`~survey_estimator.forward.ForwardModel` of a grid URI (store or packed .npz)."""
     from ..forward import ForwardModel
-    from ..synth.packed import load_packed
 
-    grid = load_packed(uri) if str(uri).endswith(".npz") else uri
-    return ForwardModel.from_grid(grid, device=device, progress=progress)
+    return ForwardModel.from_grid(uri, device=device, progress=progress)

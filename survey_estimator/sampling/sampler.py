@@ -43,7 +43,7 @@ from ..instruments.registry import lookup
 from ..labels import VSINI
 from ..layout import canonical_wave
 from ..normalise import model_input, normalise_orders
-from ..synth.store import DenseGrid, GridStore
+from ..synth.store import DenseGrid, GridStore, open_grid
 from . import nuisance
 from .interpolation import GridInterpolator, dense_rows
 from .rotation import LIMB_DARKENING
@@ -152,16 +152,13 @@ class Sampler:
     """Synthetic training batches from a grid (see the module docstring).
 
     Args:
-        grid: a :class:`DenseGrid`, a :class:`GridStore` or a store URI.
+        grid: a :class:`DenseGrid`, a :class:`GridStore`, a store URI or a packed ``.npz`` (:func:`open_grid`).
         config: :class:`SamplerConfig`.
     """
 
     def __init__(self, grid: DenseGrid | GridStore | str, config: SamplerConfig | None = None):
         self.config = config or SamplerConfig()
-        if isinstance(grid, str):
-            grid = GridStore(grid)
-        if isinstance(grid, GridStore):
-            grid = grid.load_dense()
+        grid = open_grid(grid)
         self.device = torch.device(self.config.device)
         self.dtype = getattr(torch, self.config.dtype)
         self.grid_id = grid.grid_id

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -71,6 +72,12 @@ class DenseGrid:
     axes: tuple[np.ndarray, np.ndarray, np.ndarray]
     wave: np.ndarray
     grid_id: str
+
+    def label_range(self) -> dict[str, list[float]]:
+        """{"teff": [lo, hi], "logg": [...], "mh": [...]}: the span of the nodes with a spectrum."""
+        idx = np.argwhere(self.valid)
+        return {n: [float(ax[idx[:, a]].min()), float(ax[idx[:, a]].max())]
+                for a, (n, ax) in enumerate(zip(("teff", "logg", "mh"), self.axes))}
 
 
 class GridStore:
@@ -200,3 +207,34 @@ class GridStore:
             flux[i] = self.read_node(r["key"])
             valid[i] = True
         return DenseGrid(flux, valid, tuple(axes), wave, self.grid_id)
+
+
+def is_packed(uri) -> bool:
+    """True for a packed grid file (:mod:`.packed`, ``.npz``), False for a store URI."""
+    return str(uri).endswith(".npz")
+
+
+def open_grid(grid: "DenseGrid | GridStore | str | os.PathLike") -> DenseGrid:
+    """The :class:`DenseGrid` of a store URI (local or s3://), a packed ``.npz``, a
+    :class:`GridStore`, or a DenseGrid (returned as is): the one way every consumer loads a grid."""
+    if isinstance(grid, DenseGrid):
+        return grid
+    if isinstance(grid, GridStore):
+        return grid.load_dense()
+    if is_packed(grid):
+        from .packed import load_packed
+
+        return load_packed(grid)
+    return GridStore(str(grid)).load_dense()
+
+
+def grid_identity(uri: str) -> tuple[str, dict[str, list[float]]]:
+    """(grid id, label range of its nodes) of a store URI or packed ``.npz``, without loading spectra."""
+    if is_packed(uri):
+        from .packed import packed_labels, packed_manifest
+
+        labels = packed_labels(uri)
+        return grid_id(packed_manifest(uri)), {n: [float(labels[:, a].min()), float(labels[:, a].max())]
+                                               for a, n in enumerate(("teff", "logg", "mh"))}
+    store = GridStore(uri)
+    return store.grid_id, store.label_range()

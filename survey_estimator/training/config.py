@@ -58,6 +58,8 @@ class TrainConfig:
     """Seeds the train / validation / test split of the grid nodes (keep it fixed across runs)."""
 
     num_workers: int = 1
+    local: bool = False
+    """Train in this process without Ray (:func:`.trainer.fit_local`; one device, ``num_workers`` 1)."""
     use_gpu: bool | None = None
     """None = use GPUs when the cluster has them."""
     cpus_per_worker: float = 1.0
@@ -94,6 +96,8 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.local and self.num_workers != 1:
+            raise ValueError("local training runs one worker (num_workers 1)")
         self.eval_snr = tuple(float(s) for s in self.eval_snr)
         if not self.run_name:
             self.run_name = f"{self.task}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -154,42 +154,32 @@ def progress_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``loop_config``: {"train": TrainConfig.to_dict(), "mlflow_run_id": str|None,
-    "env": WorkerEnv|None}. The worker applies ``env`` (credentials) first; metrics go to the MLflow
-    store named by ``$MLFLOW_TRACKING_URI`` (set by the driver, see :func:`.trainer.fit`)."""
-    import ray.train
-    import ray.train.torch
-
-    if loop_config.get("env") is not None:
-        loop_config["env"].apply()
-    cfg = TrainConfig.from_dict(loop_config["train"])
-    run_id = loop_config.get("mlflow_run_id")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") if run_id else None
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+def init_worker(cfg: TrainConfig, device: torch.device, rank: int, checkpoint_dir: str | os.PathLike | None = None):
+    """The networks (on ``device``), optimisers and :class:`TrainState` of one worker: fresh, or
+    restored from ``checkpoint_dir`` (a :func:`save_checkpoint` folder). Seeds torch for the rank."""
     torch.manual_seed(cfg.seed * 7919 + rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
-
     nets = {k: m.to(device) for k, m in build_networks(cfg).items()}
     optimisers = build_optimisers(cfg, nets)
     state = TrainState(epoch=-1, config=cfg.to_dict())
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(d, nets, optimisers, map_location=device)
+    if checkpoint_dir is not None:
+        state = load_checkpoint(checkpoint_dir, nets, optimisers, map_location=device)
         state.config = cfg.to_dict()
         if rank == 0:
             log.info("[%s] resuming from the checkpoint of epoch %d", cfg.run_name, state.epoch + 1)
-    start = state.epoch + 1
-    state.starts.append(start)
-    nets = {k: ray.train.torch.prepare_model(m, move_to_device=False) for k, m in nets.items()}
-    runner = EpochRunner(cfg, device, rank, nets, optimisers)
+    state.starts.append(state.epoch + 1)
+    return nets, optimisers, state
 
-    for epoch in range(start, cfg.epochs):
+
+def run_epochs(cfg: TrainConfig, device: torch.device, rank: int, nets: dict, optimisers: dict, state: TrainState,
+               report: Callable[[dict[str, float], TrainState], None], run_id: str | None = None, uri: str | None = None) -> None:
+    """Epochs ``state.epoch + 1`` .. ``cfg.epochs - 1`` of one worker: train, validate, then
+    ``report(metrics, state)`` (every rank; it saves the checkpoint), rank 0 also printing the
+    progress line and logging the epoch to the MLflow run ``run_id``."""
+    runner = EpochRunner(cfg, device, rank, nets, optimisers)
+    for epoch in range(state.epoch + 1, cfg.epochs):
         t0 = time.perf_counter()
         lrs = {k: set_epoch_lr(o, base_lr(cfg, k), epoch, cfg.epochs, cfg.lr_decay_epochs, cfg.lr_decay_factor)
                for k, o in optimisers.items()}
@@ -213,8 +203,37 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, uri=uri)
                 except Exception as exc:  # tracking must never kill a training run
                     log.warning("MLflow logging failed at epoch %d: %s", epoch, exc)
+        report(metrics, state)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``loop_config``: {"train": TrainConfig.to_dict(), "mlflow_run_id": str|None,
+    "env": WorkerEnv|None}. The worker applies ``env`` (credentials) first; metrics go to the MLflow
+    store named by ``$MLFLOW_TRACKING_URI`` (set by the driver, see :func:`.trainer.fit`)."""
+    import ray.train
+    import ray.train.torch
+
+    if loop_config.get("env") is not None:
+        loop_config["env"].apply()
+    cfg = TrainConfig.from_dict(loop_config["train"])
+    run_id = loop_config.get("mlflow_run_id")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") if run_id else None
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            nets, optimisers, state = init_worker(cfg, device, rank, d)
+    else:
+        nets, optimisers, state = init_worker(cfg, device, rank)
+    nets = {k: ray.train.torch.prepare_model(m, move_to_device=False) for k, m in nets.items()}
+
+    def report(metrics: dict[str, float], state: TrainState) -> None:
+        if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, state, nets, optimisers)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+
+    run_epochs(cfg, device, rank, nets, optimisers, state, report, run_id, uri)

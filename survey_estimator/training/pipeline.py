@@ -1,7 +1,8 @@
 """A whole training run, driver side: MLflow run -> Ray Train fit -> bundle -> evaluation -> registry.
 
 1. open (or, for a reused run name, reopen) the MLflow run; log params, system info and the grid id;
-2. ``trainer.fit`` (the workers log per-epoch metrics to that run);
+2. ``trainer.fit`` (the workers log per-epoch metrics to that run), or ``trainer.fit_local`` in this
+   process without Ray (``cfg.local``);
 3. turn the last checkpoint into a :class:`ModelBundle` (estimator + DAE + scaler + versions);
 4. evaluate on held-out test nodes at ``cfg.eval_snr`` (raw and calibrated with per-label scales fitted
    on validation nodes); metrics, tables and figures go to MLflow;
@@ -20,11 +21,11 @@ import torch
 from .. import tracking
 from ..sampling import SamplerConfig
 from ..storage import redact
-from ..synth.store import GridStore
+from ..synth.store import grid_identity
 from .checkpoint import load_model_weights
 from .components import build_networks
 from .config import TrainConfig
-from .trainer import FitResult, fit
+from .trainer import FitResult, fit, fit_local
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def bundle_from_checkpoint(cfg: TrainConfig, checkpoint_dir: Path, grid_id: str)
         net.load_state_dict(load_model_weights(checkpoint_dir, name))
         net.eval()
     commit = tracking.git_commit() or "unknown"
-    span = {**GridStore(cfg.grid).label_range(), "vsini": list(SamplerConfig.vsini_range)}
+    span = {**grid_identity(cfg.grid)[1], "vsini": list(SamplerConfig.vsini_range)}
     return ModelBundle.create(
         nets["estimator"], name=cfg.register_name, preprocessing_version=preprocessing_version(),
         grid_id=grid_id, dae=nets.get("dae"), commit=commit, label_range=span, grid_uri=redact(str(cfg.grid)),
@@ -110,7 +111,7 @@ def training_record(cfg: TrainConfig, summary: TrainSummary) -> dict:
 
 def run_training(cfg: TrainConfig, track: bool = True) -> TrainSummary:
     """Run the whole pipeline above; ``track=False`` trains without MLflow (no registry either)."""
-    grid_id = GridStore(cfg.grid).grid_id
+    grid_id = grid_identity(cfg.grid)[0]
     uri = tracking.configure(cfg.tracking_uri or None) if track else None
     run_id = tracking.start_or_resume_run(cfg.experiment, cfg.run_name, uri) if track else None
     if run_id:
@@ -119,7 +120,7 @@ def run_training(cfg: TrainConfig, track: bool = True) -> TrainSummary:
         _log_params_once(run_id, {**cfg.params(), **info, "grid_id": grid_id}, uri)
         tracking.client(uri).set_tag(run_id, "grid_id", grid_id)
     try:
-        result = fit(cfg, mlflow_run_id=run_id, tracking_uri=uri)
+        result = (fit_local if cfg.local else fit)(cfg, mlflow_run_id=run_id, tracking_uri=uri)
         summary = TrainSummary(fit=result, mlflow_run_id=run_id, metrics=dict(result.state.history[-1]) if result.state.history else {})
         if run_id:
             c = tracking.client(uri)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ..ray_env import ensure_ray, worker_env
 from ..storage import is_s3, resolve
-from .checkpoint import TrainState, read_state
+from .checkpoint import META_FILE, TrainState, read_state, save_checkpoint
 from .config import TrainConfig
-from .loop import train_loop_per_worker
+from .loop import init_worker, run_epochs, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +110,42 @@ def fit(cfg: TrainConfig, mlflow_run_id: str | None = None, tracking_uri: str | 
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, dst, dirs_exist_ok=True)
     return FitResult(checkpoint_dir=dst, state=read_state(dst), run_path=str(result.path), use_gpu=use_gpu)
+
+
+LOCAL_CHECKPOINT = "local-checkpoint"
+"""The folder under ``<storage>/<run_name>/`` where :func:`fit_local` keeps its checkpoint."""
+
+
+def fit_local(cfg: TrainConfig, mlflow_run_id: str | None = None, tracking_uri: str | None = None,
+              local_dir: str | os.PathLike | None = None) -> FitResult:
+    """Train in this process on one device, without Ray (a machine without it, such as a lent GPU
+    node): the same epochs as a one-worker :func:`fit`, the checkpoint rewritten after every epoch
+    under ``<storage>/<run_name>/local-checkpoint`` (local storage only), and resumed from there
+    when the run name is reused; epochs are logged to the MLflow run ``mlflow_run_id`` when given.
+    The device is the GPU when there is one and ``cfg.use_gpu`` is not False, else the CPU."""
+    import torch
+
+    storage = cfg.storage or default_storage()
+    if is_s3(storage):
+        raise ValueError("local training keeps its checkpoint on local storage, not s3://")
+    folder = Path(storage).resolve() / cfg.run_name / LOCAL_CHECKPOINT
+    use_gpu = torch.cuda.is_available() and cfg.use_gpu is not False
+    if cfg.use_gpu and not use_gpu:
+        raise TrainingError("use_gpu is set but torch sees no GPU")
+    device = torch.device("cuda" if use_gpu else "cpu")
+    nets, optimisers, state = init_worker(cfg, device, 0, folder if (folder / META_FILE).is_file() else None)
+    log.info("training %s in this process on %s, checkpoint %s", cfg.run_name, device, folder)
+
+    def report(metrics: dict, state: TrainState) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(tmp, state, nets, optimisers)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # the last complete checkpoint survives an interruption
+
+    run_epochs(cfg, device, 0, nets, optimisers, state, report, mlflow_run_id, tracking_uri)
+    if state.epoch < 0:
+        raise TrainingError(f"training run {cfg.run_name} ran no epoch")
+    dst = Path(local_dir) if local_dir else Path(tempfile.mkdtemp(prefix=f"{cfg.run_name}-ckpt-"))
+    shutil.copytree(folder, dst, dirs_exist_ok=True)
+    return FitResult(checkpoint_dir=dst, state=read_state(dst), run_path=str(folder.parent), use_gpu=use_gpu)
