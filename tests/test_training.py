@@ -199,3 +199,27 @@ def test_local_training_without_ray_mlflow_or_astropy_resumes_and_writes_a_bundl
     assert bundle.manifest.label_range["teff"] == [5000.0, 6000.0]
     pred = bundle.predict(torch.zeros(2, 2, 8, 4096))
     assert np.all(np.isfinite(pred.mean)) and np.all(pred.sigma > 0)
+
+
+def test_gpu_lease_script_prepares_a_carry_and_trains_to_its_time_budget(tiny_grid, tmp_path):
+    """infra/gpu-train.sh: `prepare` packs the grid within the travel budget, `run` (here on the
+    CPU, tiny nets) sizes its epochs from a measured rate, stops at its time limit and leaves the
+    bundle and the log under $OUT."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CARRY": str(tmp_path / "carry"), "OUT": str(tmp_path / "out"), "PY": sys.executable,
+           "PRESET": "tiny", "MINUTES": "0.03", "BATCH": "4", "STEPS": "2", "EVAL_N": "4", "RUNS": str(tmp_path / "runs")}
+    (tmp_path / "out").mkdir()
+    prep = subprocess.run(["bash", str(repo / "infra" / "gpu-train.sh"), "prepare", tiny_grid], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    assert "step 0.00048828125" in prep.stdout and "ready: device run" in prep.stdout
+    run = subprocess.run(["bash", str(repo / "infra" / "gpu-train.sh"), "run"], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "out" / "train.log").read_text()
+    planned = int(log.split(" epochs of 2 x 4")[0].split()[-1])
+    done = int(log.split("run gpu-resnet-diag: epochs 1-")[1].split()[0])
+    assert 1 <= done <= planned
+    from survey_estimator.models.bundle import ModelBundle
+
+    assert ModelBundle.load(tmp_path / "out" / "bundle", device="cpu").manifest.architecture == "resnet"

@@ -50,6 +50,9 @@ class TrainConfig:
     """The learning rate is multiplied by ``lr_decay_factor`` for the last N epochs (0 = never)."""
     lr_decay_factor: float = 0.1
     grad_clip: float = 10.0
+    max_minutes: float = 0.0
+    """Stop after the first epoch that ends past this many minutes of this start (0 = no limit):
+    a fixed lease (a lent GPU for 10 minutes) ends with a finished epoch and its checkpoint."""
     amp: bool = True
     """bf16 autocast where it is native: GPUs, and CPUs with AVX512-BF16 or AMX (elsewhere float32)."""
     seed: int = 0

@@ -54,6 +54,11 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any DDP rank (itself without DDP)."""
+    return bool(_all_reduce(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -175,10 +180,12 @@ def init_worker(cfg: TrainConfig, device: torch.device, rank: int, checkpoint_di
 
 def run_epochs(cfg: TrainConfig, device: torch.device, rank: int, nets: dict, optimisers: dict, state: TrainState,
                report: Callable[[dict[str, float], TrainState], None], run_id: str | None = None, uri: str | None = None) -> None:
-    """Epochs ``state.epoch + 1`` .. ``cfg.epochs - 1`` of one worker: train, validate, then
-    ``report(metrics, state)`` (every rank; it saves the checkpoint), rank 0 also printing the
-    progress line and logging the epoch to the MLflow run ``run_id``."""
+    """Epochs ``state.epoch + 1`` .. ``cfg.epochs - 1`` of one worker (fewer when ``cfg.max_minutes``
+    runs out): train, validate, then ``report(metrics, state)`` (every rank; it saves the
+    checkpoint), rank 0 also printing the progress line and logging the epoch to the MLflow run
+    ``run_id``. The ranks stop together: at the first epoch past the limit on any of them."""
     runner = EpochRunner(cfg, device, rank, nets, optimisers)
+    started = time.perf_counter()
     for epoch in range(state.epoch + 1, cfg.epochs):
         t0 = time.perf_counter()
         lrs = {k: set_epoch_lr(o, base_lr(cfg, k), epoch, cfg.epochs, cfg.lr_decay_epochs, cfg.lr_decay_factor)
@@ -204,6 +211,10 @@ def run_epochs(cfg: TrainConfig, device: torch.device, rank: int, nets: dict, op
                 except Exception as exc:  # tracking must never kill a training run
                     log.warning("MLflow logging failed at epoch %d: %s", epoch, exc)
         report(metrics, state)
+        if cfg.max_minutes > 0 and _any_rank(time.perf_counter() - started > 60 * cfg.max_minutes, device):
+            if rank == 0:
+                log.info("[%s] stopping after epoch %d: past --max-minutes %g", cfg.run_name, epoch + 1, cfg.max_minutes)
+            break
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
