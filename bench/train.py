@@ -3,7 +3,7 @@ each step spent generating the batch with the sampler (the GPU utilisation the s
 the sampler alone; and the validation loss each network reaches after a fixed number of samples.
 
     python bench/train.py [--grid URI] [--device auto|cpu|cuda] [--batch 16] [--steps 4] [--warmup 1]
-                          [--models resnet attention patch dae both resnet-stem4] [--preset seed|tiny]
+                          [--models resnet attention patch pca dae both resnet-stem4] [--preset seed|tiny]
                           [--threads N] [--learn 20000] [--sampler-batch 256] [--json out.json]
 
 Per network, three timings of a training step at the given batch (median over ``--steps``):
@@ -20,7 +20,9 @@ latter stays fair on a loaded shared machine; it is meaningless for CUDA).
 ``--learn N`` then trains each estimator from scratch on N fresh samples (the same stream of
 spectra for every net: the worker's generator, same seed) at ``--batch`` and reports the
 validation NLL and MAE per label on the run's validation batches (``TrainConfig.val_steps`` fixed
-batches at held-out nodes), with the wall and CPU seconds it took (0: skip).
+batches at held-out nodes), with the wall and CPU seconds it took (0: skip). A net with a fixed
+front end (``pca``) computes it first, from ``PCAConfig.fit_spectra`` noiseless spectra (outside
+the step timings; the log says how long it took).
 
 The first net listed is the baseline of the ratio column (``resnet-stem4`` is the ResNet with the
 stem strided 4 that the CPU production model uses). Without --grid the tiny analytic grid of bench/sampler.py is built in a temporary directory.
@@ -54,7 +56,8 @@ from survey_estimator.training.components import build_networks, build_optimiser
 TASKS = {"resnet": ("estimator", "resnet", {}), "attention": ("estimator", "attention", {}), "dae": ("dae", "resnet", {}),
          "both": ("both", "resnet", {}),
          "resnet-stem4": ("estimator", "resnet", {"stem_stride": 4}),  # the CPU production model's stem
-         "patch": ("estimator", "patch", {})}  # the CPU-cheap variant (models/patch.py)
+         "patch": ("estimator", "patch", {}),  # the CPU-cheap variant (models/patch.py)
+         "pca": ("estimator", "pca", {})}  # the per-order PCA front end + MLP (models/pca.py)
 """Benchmarked nets: (training task, estimator architecture, estimator config overrides)."""
 
 
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default 16 on CPU, 128 on CUDA")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--models", nargs="+", default=["resnet", "attention", "patch", "dae"], choices=sorted(TASKS))
+    p.add_argument("--models", nargs="+", default=["resnet", "attention", "patch", "pca", "dae"], choices=sorted(TASKS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--learn", type=int, default=20000, help="samples to train on before validating (0: skip)")
     p.add_argument("--sampler-batch", type=int, default=256, help="batch of the sampler-alone timing (0: skip)")

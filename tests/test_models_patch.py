@@ -8,20 +8,10 @@ import torch
 
 from survey_estimator.models import GaussianOutput, ModelBundle, PatchConfig, PatchEstimator, build_model, describe, gaussian_nll
 from survey_estimator.models.resolve import load_bundle
-from survey_estimator.normalise import model_input
 from survey_estimator.training.components import build_networks
 from survey_estimator.training.config import TrainConfig
 
-O, P = 8, 4096
-
-
-def make_input(batch: int, seed: int = 0, pixels: int = P) -> torch.Tensor:
-    """(B, 2, O, pixels) model input with lines whose depth varies per spectrum, some pixels masked."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.linspace(0, 60 * pixels / P, pixels)
-    depth = torch.rand(batch, O, 1, generator=g) * 0.5
-    flux = 1 - depth * torch.sin(x + torch.arange(O)[:, None]).clamp_min(0) ** 8
-    return model_input(flux + 0.02 * torch.randn(batch, O, pixels, generator=g), torch.rand(batch, O, pixels, generator=g) > 0.1)
+from model_testing import O, P, make_input
 
 
 @pytest.mark.parametrize("head", ["diagonal", "full"])

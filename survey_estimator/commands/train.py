@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dae", dest="task", action="store_const", const="both", help="shorthand for --task both")
     g.add_argument("--no-dae", dest="task", action="store_const", const="estimator", help="shorthand for --task estimator")
     g.add_argument("--model", choices=MODELS, default=default("model"),
-                   help="estimator: the seed's resnet or attention net, or patch (cheap on a CPU)")
+                   help="estimator: the seed's resnet or attention net, patch (cheap on a CPU) or pca (a per-order PCA front end from the grid and an MLP: the most accurate per CPU hour)")
     g.add_argument("--head", choices=("diag", "full"), default="diag", help="diagonal or full covariance")
     g.add_argument("--preset", choices=("seed", "tiny"), default=default("preset"), help="network sizes")
     g.add_argument("--model-config", type=json.loads, default={}, metavar="JSON",

@@ -8,6 +8,7 @@ from .attention import AttentionConfig, AttentionEstimator
 from .bundle import BundleError, Manifest, ModelBundle, Prediction
 from .dae import DAEConfig, DenoisingAutoencoder, dae_loss
 from .patch import PatchConfig, PatchEstimator
+from .pca import FrontEndNotFitted, PCAConfig, PCAEstimator
 from .heads import GaussianOutput, PhysicalGaussian, combine_gaussians, gaussian_nll, to_physical
 from .registry import ARCHITECTURES, ModelConfigError, build_model, config_from_dict, config_to_dict, describe
 from .resnet import ResNetConfig, ResNetEstimator
@@ -23,6 +24,9 @@ __all__ = [
     "Manifest",
     "ModelBundle",
     "ModelConfigError",
+    "FrontEndNotFitted",
+    "PCAConfig",
+    "PCAEstimator",
     "PatchConfig",
     "PatchEstimator",
     "PhysicalGaussian",

@@ -51,12 +51,13 @@ def pool_2x2(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, (kh, 2))
 
 
-def mlp(in_features: int, widths: tuple[int, ...], dropout: float) -> tuple[nn.Sequential, int]:
-    """Fully connected stack: Linear -> ReLU -> Dropout per width. Returns (module, out_features)."""
+def mlp(in_features: int, widths: tuple[int, ...], dropout: float,
+        activation: type[nn.Module] = nn.ReLU) -> tuple[nn.Sequential, int]:
+    """Fully connected stack: Linear -> activation -> Dropout per width. Returns (module, out_features)."""
     layers: list[nn.Module] = []
     n = in_features
     for w in widths:
-        layers += [nn.Linear(n, w), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers += [nn.Linear(n, w), activation(), nn.Dropout(dropout)]
         n = w
     return nn.Sequential(*layers), n
 

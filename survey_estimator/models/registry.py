@@ -1,7 +1,8 @@
 """Build a network from (architecture name, config dict): how a bundle rebuilds its models from JSON.
 
 Names: "resnet" (:class:`ResNetEstimator`), "attention" (:class:`AttentionEstimator`), "patch"
-(:class:`PatchEstimator`, the CPU-cheap variant), "dae" (:class:`DenoisingAutoencoder`). Config dicts are the dataclass fields; JSON lists become
+(:class:`PatchEstimator`, the CPU-cheap variant), "pca" (:class:`PCAEstimator`, a fixed per-order PCA
+front end learned from the grid and an MLP), "dae" (:class:`DenoisingAutoencoder`). Config dicts are the dataclass fields; JSON lists become
 tuples again; unknown fields are refused.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from .attention import AttentionConfig, AttentionEstimator
 from .dae import DAEConfig, DenoisingAutoencoder
 from .patch import PatchConfig, PatchEstimator
+from .pca import PCAConfig, PCAEstimator
 from .resnet import ResNetConfig, ResNetEstimator
 
 
@@ -34,6 +36,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("resnet", ResNetConfig, ResNetEstimator, True),
         Architecture("attention", AttentionConfig, AttentionEstimator, True),
         Architecture("patch", PatchConfig, PatchEstimator, True),
+        Architecture("pca", PCAConfig, PCAEstimator, True),
         Architecture("dae", DAEConfig, DenoisingAutoencoder, False),
     )
 }

@@ -5,11 +5,16 @@ both build exactly the same networks.
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from torch import nn
 
 from ..models import build_model
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def estimator_config(cfg: TrainConfig) -> dict:
@@ -36,6 +41,26 @@ def build_optimisers(cfg: TrainConfig, nets: dict[str, nn.Module]) -> dict[str, 
     if "dae" in nets:
         opts["dae"] = torch.optim.AdamW(nets["dae"].parameters(), lr=cfg.dae_lr, weight_decay=cfg.dae_weight_decay)
     return opts
+
+
+def fit_front_ends(nets: dict[str, nn.Module], sampler, seed: int) -> None:
+    """Compute the fixed front end of every network that has one and has not got it yet (a fresh
+    ``pca`` estimator; a restored one keeps its own), from its ``config.fit_spectra`` noiseless
+    training spectra of ``sampler`` (a :class:`~survey_estimator.sampling.Sampler`) drawn with
+    ``seed``: the same spectra, hence the same front end, on every rank."""
+    for net in nets.values():
+        module = getattr(net, "module", net)  # DDP-wrapped or not
+        if not hasattr(module, "fit_front_end") or bool(module.fitted):
+            continue
+        n = module.config.fit_spectra
+        t0 = time.perf_counter()
+        noiseless = sampler.with_config(noiseless=True)
+        g = torch.Generator(device=sampler.device).manual_seed(int(seed))
+        flux = torch.cat([noiseless.sample(min(256, n - i), "train", generator=g, clean=False).x[:, :1]
+                          for i in range(0, n, 256)])
+        module.fit_front_end(flux)
+        log.info("%s front end computed from %d noiseless training spectra in %.1f s", module.architecture, n,
+                 time.perf_counter() - t0)
 
 
 def base_lr(cfg: TrainConfig, name: str) -> float:

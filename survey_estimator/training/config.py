@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 TASKS = ("estimator", "dae", "both")
-MODELS = ("resnet", "attention", "patch")
+MODELS = ("resnet", "attention", "patch", "pca")
 HEADS = {"diag": "diagonal", "diagonal": "diagonal", "full": "full"}
 PRESETS = ("seed", "tiny")
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from ..labels import LABEL_NAMES, LABEL_UNITS, LabelScaler
 from ..models import dae_loss, gaussian_nll
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
-from .components import base_lr, build_networks, build_optimisers
+from .components import base_lr, build_networks, build_optimisers, fit_front_ends
 from .config import TrainConfig
 from .data import make_sampler
 from .schedule import set_epoch_lr
@@ -73,6 +73,7 @@ class EpochRunner:
         self.nets, self.optimisers = nets, optimisers
         self.scaler = LabelScaler()
         self.sampler = make_sampler(cfg, device, seed=cfg.seed * 7919 + rank)
+        fit_front_ends(nets, self.sampler.sampler, seed=cfg.split_seed)
         self.amp = cfg.amp and bf16_autocast_helps(device)
         if self.amp and rank == 0:
             log.info("bf16 autocast on %s (--no-amp: float32)", device.type)
