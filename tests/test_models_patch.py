@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from survey_estimator.models import GaussianOutput, ModelBundle, PatchConfig, PatchEstimator, build_model, describe, gaussian_nll
+from survey_estimator.models import GaussianOutput, ModelBundle, PatchConfig, PatchEstimator, build_model, describe
 from survey_estimator.models.resolve import load_bundle
 from survey_estimator.training.components import build_networks
 from survey_estimator.training.config import TrainConfig
 
-from model_testing import O, P, make_input
+from model_testing import O, P, make_input, training_losses
 
 
 @pytest.mark.parametrize("head", ["diagonal", "full"])
@@ -43,14 +43,7 @@ def test_a_few_steps_reduce_the_loss():
     net = build_model("patch", {"head": "full", "input_size": [O, 512]}, preset="tiny").train()
     x = make_input(6, seed=1, pixels=512)
     y = torch.rand(6, 4, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(20):
-        opt.zero_grad()
-        loss = gaussian_nll(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = training_losses(net, x, y, steps=20)
     assert losses[-1] < losses[0] - 1.0, losses
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from survey_estimator.models import FrontEndNotFitted, GaussianOutput, ModelBundle, PCAConfig, PCAEstimator, build_model, gaussian_nll
+from survey_estimator.models import FrontEndNotFitted, GaussianOutput, ModelBundle, PCAConfig, PCAEstimator, build_model
 from survey_estimator.models.resolve import load_bundle
 from survey_estimator.sampling import Sampler, SamplerConfig
 from survey_estimator.training.components import build_networks, fit_front_ends
 from survey_estimator.training.config import TrainConfig
 
-from model_testing import O, P, make_input
+from model_testing import O, P, make_input, training_losses
 
 
 def low_rank_input(n: int, rank: int, pixels: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,14 +78,7 @@ def test_runs_in_float32_under_bf16_autocast_and_learns():
     torch.testing.assert_close(auto.mean, plain.mean)
     y = torch.rand(48, 4, generator=torch.Generator().manual_seed(2)) * 2 - 1
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = gaussian_nll(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = training_losses(net, x, y, steps=30)
     assert losses[-1] < losses[0] - 1.0, losses
     assert all(not p.requires_grad for p in net.buffers()), "the front end is not trained"
 
