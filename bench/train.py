@@ -6,6 +6,10 @@ the sampler alone; and the validation loss each network reaches after a fixed nu
                           [--models resnet attention patch pca dae both resnet-stem4] [--preset seed|tiny]
                           [--threads N] [--learn 20000] [--sampler-batch 256] [--json out.json]
 
+``pca-echo16`` is ``pca`` with data echoing (``--echo 16``): its step trains ``16 x batch`` samples
+from the buffer on one fresh batch, so samples/s counts optimiser samples and "fresh spectra/s" the
+sampler's draws.
+
 Per network, three timings of a training step at the given batch (median over ``--steps``):
 ``sample`` (the sampler makes one batch on the device), ``model`` (forward, loss, backward and
 optimiser step on a batch already there; bf16 autocast where native: CUDA, CPUs with AVX512-BF16
@@ -53,12 +57,14 @@ from survey_estimator.training.config import TrainConfig  # noqa: E402
 from survey_estimator.training.loop import EpochRunner  # noqa: E402
 from survey_estimator.training.components import build_networks, build_optimisers  # noqa: E402
 
-TASKS = {"resnet": ("estimator", "resnet", {}), "attention": ("estimator", "attention", {}), "dae": ("dae", "resnet", {}),
-         "both": ("both", "resnet", {}),
-         "resnet-stem4": ("estimator", "resnet", {"stem_stride": 4}),  # the CPU production model's stem
-         "patch": ("estimator", "patch", {}),  # the CPU-cheap variant (models/patch.py)
-         "pca": ("estimator", "pca", {})}  # the per-order PCA front end + MLP (models/pca.py)
-"""Benchmarked nets: (training task, estimator architecture, estimator config overrides)."""
+TASKS = {"resnet": ("estimator", "resnet", {}, {}), "attention": ("estimator", "attention", {}, {}),
+         "dae": ("dae", "resnet", {}, {}), "both": ("both", "resnet", {}, {}),
+         "resnet-stem4": ("estimator", "resnet", {"stem_stride": 4}, {}),  # the CPU production model's stem
+         "patch": ("estimator", "patch", {}, {}),  # the CPU-cheap variant (models/patch.py)
+         "pca": ("estimator", "pca", {}, {}),  # the per-order PCA front end + MLP (models/pca.py)
+         "pca-echo16": ("estimator", "pca", {}, {"echo": 16})}  # the same with data echoing (training/echo.py)
+"""Benchmarked nets: (training task, estimator architecture, estimator config overrides, other
+TrainConfig fields). With data echoing a step trains ``batch * echo`` samples on one fresh batch."""
 
 
 def _sync(device: torch.device) -> None:
@@ -89,19 +95,19 @@ def learn(runner: EpochRunner, n_samples: int, batch: int, device) -> dict:
     """Train from scratch on ``n_samples`` fresh samples, then validate on the run's fixed batches."""
     def run():
         for _ in range(max(1, n_samples // batch)):
-            b = runner.sampler.sample(batch, "train")
-            runner._step(b.x, b.clean, b.labels, train=True)
+            runner.train_batch(runner.sampler.sample(batch, "train"))
         return runner.validate()
     m, t, c = _timed(run, device)
-    return {"samples": max(1, n_samples // batch) * batch, "wall_s": t, "cpu_s": c,
+    return {"samples": max(1, n_samples // batch) * batch, "trained_samples": max(1, n_samples // batch) * batch * runner.cfg.echo,
+            "wall_s": t, "cpu_s": c,
             **{k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("val/")}}
 
 
 def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int, warmup: int, preset: str,
               n_learn: int = 0, sampler_batch: int = 0, amp: bool = True) -> dict:
-    task, model, overrides = TASKS[name]
+    task, model, overrides, extra = TASKS[name]
     cfg = TrainConfig(grid=grid, task=task, model=model, preset=preset, batch_size=batch, steps_per_epoch=1,
-                      model_overrides=overrides, amp=amp)
+                      model_overrides=overrides, amp=amp, **extra)
     torch.manual_seed(0)
     nets = {k: m.to(device) for k, m in build_networks(cfg).items()}
     runner = EpochRunner(cfg, device, 0, nets, build_optimisers(cfg, nets))
@@ -110,7 +116,7 @@ def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int
     rows = []
     for i in range(warmup + steps):
         batch_, t_s, c_s = _timed(lambda: runner.sampler.sample(batch, "train"), device)
-        _, t_m, c_m = _timed(lambda: runner._step(batch_.x, batch_.clean, batch_.labels, train=True), device)
+        _, t_m, c_m = _timed(lambda: runner.train_batch(batch_), device)
         if i >= warmup:
             rows.append((t_s, c_s, t_m, c_m))
     t_s, c_s, t_m, c_m = (statistics.median(r[k] for r in rows) for k in range(4))
@@ -127,8 +133,9 @@ def bench_one(name: str, grid: str, device: torch.device, batch: int, steps: int
         "net": name, "arch": {k: describe(m)[0] for k, m in nets.items()}, "params": params, "device": str(device),
         "batch": batch, "amp_bf16": runner.amp,
         "sample_s": t_s, "model_s": t_m, "full_s": full,
-        "samples_per_s": batch / full, "samples_per_cpu_s": batch / cfull if cfull > 0 else None,
-        "model_only_samples_per_s": batch / t_m, "sampler_share": t_s / full, "model_share": t_m / full,
+        "echo": cfg.echo, "samples_per_s": batch * cfg.echo / full,
+        "samples_per_cpu_s": batch * cfg.echo / cfull if cfull > 0 else None,
+        "fresh_spectra_per_s": batch / full, "model_only_samples_per_s": batch * cfg.echo / t_m, "sampler_share": t_s / full, "model_share": t_m / full,
     }
 
 
@@ -177,20 +184,21 @@ def main(argv=None) -> int:
     if s:
         print(f"sampler alone, batch {s['batch']}: {s['no_clean_per_s']:.0f} spectra/s ({s['no_clean_per_cpu_s']:.0f} per CPU-s) "
               f"without the DAE target, {s['with_clean_per_s']:.0f}/s ({s['with_clean_per_cpu_s']:.0f} per CPU-s) with it\n")
-    print(f"| net | params | samples/s | samples/CPU-s | vs {results[0]['net']} | model-only samples/s | sampler share | model share |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| net | params | samples/s | fresh spectra/s | samples/CPU-s | vs {results[0]['net']} | model-only samples/s | sampler share | model share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         cpu = f"{r['samples_per_cpu_s']:.1f}" if r["samples_per_cpu_s"] else "-"
         ratio = r["samples_per_s"] / results[0]["samples_per_s"]
-        print(f"| {r['net']} | {sum(r['params'].values()):,} | {r['samples_per_s']:.1f} | {cpu} | {ratio:.2f}x | "
+        print(f"| {r['net']} | {sum(r['params'].values()):,} | {r['samples_per_s']:.1f} | {r['fresh_spectra_per_s']:.1f} | {cpu} | {ratio:.2f}x | "
               f"{r['model_only_samples_per_s']:.1f} | {100 * r['sampler_share']:.0f}% | {100 * r['model_share']:.0f}% |")
     learned = [r for r in results if r["learn"]]
     if learned:
-        print(f"\n| net | samples seen | val NLL | val MAE Teff / log g / [M/H] / v sin i | wall s | CPU s |\n|---|---|---|---|---|---|")
+        print(f"\n| net | fresh spectra | samples trained | val NLL | val MAE Teff / log g / [M/H] / v sin i | wall s | CPU s |\n"
+              "|---|---|---|---|---|---|---|")
         for r in learned:
             m = r["learn"]
             mae = " / ".join(f"{m['mae_' + n]:.3g}" for n in ("teff", "logg", "mh", "vsini"))
-            print(f"| {r['net']} | {m['samples']:,} | {m['loss']:.3f} | {mae} | {m['wall_s']:.0f} | {m['cpu_s']:.0f} |")
+            print(f"| {r['net']} | {m['samples']:,} | {m['trained_samples']:,} | {m['loss']:.3f} | {mae} | {m['wall_s']:.0f} | {m['cpu_s']:.0f} |")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

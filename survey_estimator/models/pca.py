@@ -111,10 +111,19 @@ class PCAEstimator(nn.Module):
         self.feature_scale.copy_(coeffs.std(0).clamp_min(1e-6))
         self.fitted.fill_(True)
 
-    def forward(self, x: torch.Tensor) -> GaussianOutput:
-        """x: (B, 2, O, P) -> GaussianOutput(mean (B, 4), scale_tril (B, 4, 4))."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed front end: (B, 2, O, P) model input -> standardised coefficients (B, O * K),
+        float32 (no parameters: a data echoing buffer can keep them, see ``training.echo``)."""
         if not bool(self.fitted):
             raise FrontEndNotFitted("the PCA front end has not been computed: call fit_front_end on training spectra")
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z = (self._coefficients(x) - self.feature_mean) / self.feature_scale
-            return self.head(self.fc(z))
+            return (self._coefficients(x) - self.feature_mean) / self.feature_scale
+
+    def forward(self, x: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> GaussianOutput:
+        """x: (B, 2, O, P) model input, or ``features`` (B, O * K) already computed by
+        :meth:`features` -> GaussianOutput(mean (B, 4), scale_tril (B, 4, 4))."""
+        if (x is None) == (features is None):
+            raise TypeError("pass exactly one of x (model input) and features")
+        z = self.features(x) if features is None else features
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.head(self.fc(z.float()))

@@ -15,6 +15,8 @@ TASKS = ("estimator", "dae", "both")
 MODELS = ("resnet", "attention", "patch", "pca")
 HEADS = {"diag": "diagonal", "diagonal": "diagonal", "full": "full"}
 PRESETS = ("seed", "tiny")
+ECHO_MODELS = ("pca",)
+"""Estimators with a fixed front end, whose features a data echoing buffer can hold (``echo``)."""
 
 
 @dataclass
@@ -50,6 +52,12 @@ class TrainConfig:
     """The learning rate is multiplied by ``lr_decay_factor`` for the last N epochs (0 = never)."""
     lr_decay_factor: float = 0.1
     grad_clip: float = 10.0
+    echo: int = 1
+    """Data echoing: optimiser steps per freshly drawn batch, on batches drawn from a buffer of
+    the front end's features (1 = none; ``training.echo``). Only for the estimators of
+    ``ECHO_MODELS`` and the 'estimator' task."""
+    echo_buffer: int = 65536
+    """Samples the echoing buffer holds per worker."""
     max_minutes: float = 0.0
     """Stop after the first epoch that ends past this many minutes of this start (0 = no limit):
     a fixed lease (a lent GPU for 10 minutes) ends with a finished epoch and its checkpoint."""
@@ -99,6 +107,11 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.echo < 1 or self.echo_buffer < self.batch_size:
+            raise ValueError(f"need echo >= 1 and echo_buffer >= batch_size, got {self.echo}, {self.echo_buffer}")
+        if self.echo > 1 and (self.task != "estimator" or self.model not in ECHO_MODELS):
+            raise ValueError(f"data echoing (echo {self.echo}) needs the estimator task and a model with a fixed "
+                             f"front end {ECHO_MODELS}, got task {self.task!r}, model {self.model!r}")
         if self.local and self.num_workers != 1:
             raise ValueError("local training runs one worker (num_workers 1)")
         self.eval_snr = tuple(float(s) for s in self.eval_snr)

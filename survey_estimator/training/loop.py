@@ -7,6 +7,10 @@ calls ``ray.train.report`` (every worker; rank 0 attaches the checkpoint and pri
 line and logs the epoch to MLflow). A run restarted under the same name resumes from
 ``ray.train.get_checkpoint()``.
 
+With ``cfg.echo`` > 1 (data echoing, :mod:`.echo`) each fresh training batch is projected by the
+estimator's fixed front end into a buffer, and ``echo`` optimiser steps are taken on batches drawn
+from it; validation always draws fresh spectra through the whole network.
+
 With ``task="both"`` the DAE is trained on (noisy -> clean) and the estimator on the DAE's
 (detached) output of the same batch, so the estimator learns the input it will see at inference.
 """
@@ -28,6 +32,7 @@ from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .components import base_lr, build_networks, build_optimisers, fit_front_ends
 from .config import TrainConfig
 from .data import make_sampler
+from .echo import FeatureBuffer
 from .schedule import set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,31 @@ class EpochRunner:
         self.amp = cfg.amp and bf16_autocast_helps(device)
         if self.amp and rank == 0:
             log.info("bf16 autocast on %s (--no-amp: float32)", device.type)
+        self.buffer = FeatureBuffer(cfg.echo_buffer, seed=cfg.seed * 7919 + rank) if cfg.echo > 1 else None
+        if self.buffer is not None and rank == 0:
+            log.info("data echoing: %d optimiser steps per fresh batch of %d, from a buffer of %d samples per worker",
+                     cfg.echo, cfg.batch_size, cfg.echo_buffer)
+
+    def _estimator_losses(self, labels: torch.Tensor, train: bool, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NLL and summed absolute errors (denormalised) of the estimator on ``inputs`` (x= model
+        input or features= of a fixed front end); with ``train`` also the optimiser step."""
+        target = self.scaler.normalise(labels.to(torch.float32))
+        with _autocast(self.device, self.amp):
+            g = self.nets["estimator"](**inputs)
+        loss = gaussian_nll(g, target)
+        if train:
+            self._update("estimator", loss)
+        return {"nll": loss.detach(), "abs_err": (self.scaler.denormalise(g.mean.detach().float()) - labels).abs().sum(0)}
+
+    def _echo_steps(self, x: torch.Tensor, labels: torch.Tensor):
+        """Add the fresh batch's features to the buffer, then yield the losses of ``cfg.echo``
+        optimiser steps on batches drawn from it."""
+        estimator = getattr(self.nets["estimator"], "module", self.nets["estimator"])  # DDP-wrapped or not
+        with torch.no_grad():
+            self.buffer.add(estimator.features(x), labels)
+        for _ in range(self.cfg.echo):
+            features, echoed = self.buffer.sample(self.cfg.batch_size)
+            yield self._estimator_losses(echoed, True, features=features)
 
     def _step(self, x: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
         """Losses of one batch (B, 2, 8, 4096); with ``train`` also the optimiser steps."""
@@ -91,15 +121,16 @@ class EpochRunner:
             out["dae_mse"] = loss.detach()
             est_input = torch.cat([denoised.detach().to(x.dtype), x[:, 1:2]], dim=1)
         if "estimator" in self.nets:
-            target = self.scaler.normalise(labels.to(torch.float32))
-            with _autocast(self.device, self.amp):
-                g = self.nets["estimator"](est_input)
-            loss = gaussian_nll(g, target)
-            if train:
-                self._update("estimator", loss)
-            out["nll"] = loss.detach()
-            out["abs_err"] = (self.scaler.denormalise(g.mean.detach().float()) - labels).abs().sum(0)
+            out.update(self._estimator_losses(labels, train, x=est_input))
         return out
+
+    def train_batch(self, batch) -> list[dict[str, torch.Tensor]]:
+        """The optimiser steps of one fresh training :class:`~survey_estimator.sampling.Batch`: one
+        on the batch itself, or with data echoing ``cfg.echo`` on batches from the buffer. Returns
+        the losses of each step."""
+        if self.buffer is not None:
+            return list(self._echo_steps(batch.x, batch.labels))
+        return [self._step(batch.x, batch.clean, batch.labels, train=True)]
 
     def _update(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimisers[name]
@@ -117,13 +148,14 @@ class EpochRunner:
         with grad:
             for _ in range(steps):
                 batch = self.sampler.sample(self.cfg.batch_size, split=split)
-                parts = self._step(batch.x, batch.clean, batch.labels, train)
-                if "nll" in parts:
-                    sums[0] += parts["nll"].double()
-                    sums[3:] += parts["abs_err"].double()
-                if "dae_mse" in parts:
-                    sums[1] += parts["dae_mse"].double()
-                sums[2] += 1
+                steps_parts = self.train_batch(batch) if train else [self._step(batch.x, batch.clean, batch.labels, False)]
+                for parts in steps_parts:
+                    if "nll" in parts:
+                        sums[0] += parts["nll"].double()
+                        sums[3:] += parts["abs_err"].double()
+                    if "dae_mse" in parts:
+                        sums[1] += parts["dae_mse"].double()
+                    sums[2] += 1
         _all_reduce(sums)
         steps_total = sums[2].item()
         n_samples = steps_total * self.cfg.batch_size
@@ -156,6 +188,8 @@ def progress_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
         parts.append("val MAE " + " ".join(f"{n} {m[f'val/mae_{n}']:.3g}{LABEL_UNITS[n] if n == 'teff' else ''}" for n in LABEL_NAMES))
     parts.append(f"lr {m['lr']:.2g}")
     parts.append(f"{m['samples_per_s_per_worker']:.0f} samples/s/worker")
+    if m.get("spectra_per_s_per_worker", m["samples_per_s_per_worker"]) != m["samples_per_s_per_worker"]:
+        parts.append(f"{m['spectra_per_s_per_worker']:.0f} fresh spectra/s/worker")
     parts.append(f"{m['epoch_s']:.1f} s")
     return " | ".join(parts)
 
@@ -198,7 +232,8 @@ def run_epochs(cfg: TrainConfig, device: torch.device, rank: int, nets: dict, op
             epoch=epoch,
             lr=lrs.get("estimator", lrs.get("dae")),
             epoch_s=time.perf_counter() - t0,
-            samples_per_s_per_worker=cfg.steps_per_epoch * cfg.batch_size / t_train,
+            samples_per_s_per_worker=cfg.steps_per_epoch * cfg.batch_size * cfg.echo / t_train,
+            spectra_per_s_per_worker=cfg.steps_per_epoch * cfg.batch_size / t_train,
         )
         state.epoch = epoch
         state.history.append(metrics)
