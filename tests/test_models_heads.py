@@ -12,6 +12,7 @@ from survey_estimator.labels import LABEL_SCALE, LabelScaler
 from survey_estimator.models.heads import (
     LOG_SIGMA_MAX,
     LOG_SIGMA_MIN,
+    beta_nll_weights,
     DiagonalGaussianHead,
     FullGaussianHead,
     GaussianOutput,
@@ -115,3 +116,29 @@ def test_to_physical_units_and_calibration():
     np.testing.assert_allclose(cal.sigma[0].numpy(), phys.sigma[0].numpy() * s)
     corr = cal.covariance[0, 0, 1] / (cal.sigma[0, 0] * cal.sigma[0, 1])
     assert math.isclose(float(corr), rho, rel_tol=1e-9)
+
+
+def test_beta_nll_weights_are_the_detached_geometric_mean_variance_to_the_beta():
+    sigma = torch.tensor([[0.1, 0.2, 0.4, 0.8], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    out = GaussianOutput(torch.zeros(2, 4, requires_grad=True), torch.diag_embed(sigma))
+    torch.testing.assert_close(beta_nll_weights(out, 0.0), torch.ones(2))
+    w = beta_nll_weights(out, 0.5)
+    geo_var = torch.tensor([(0.1 * 0.2 * 0.4 * 0.8) ** 0.5, 1.0])  # (prod sigma^2)^(1/4)
+    torch.testing.assert_close(w, geo_var ** 0.5)
+    assert not w.requires_grad
+
+
+def test_beta_one_gives_the_mean_the_gradient_of_the_squared_error():
+    """With beta 1 and one sigma for every label the mean's gradient no longer shrinks with sigma."""
+    target = torch.tensor([[0.5, -0.2, 0.1, 0.0]])
+    grads = []
+    for s in (0.05, 2.0):
+        mean = torch.zeros(1, 4, requires_grad=True)
+        out = GaussianOutput(mean, torch.eye(4).unsqueeze(0) * s)
+        (gaussian_nll(out, target, reduction="none") * beta_nll_weights(out, 1.0)).sum().backward()
+        grads.append(mean.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], -target)  # d/d mean of 0.5 |target - mean|^2
+    plain = torch.zeros(1, 4, requires_grad=True)
+    gaussian_nll(GaussianOutput(plain, torch.eye(4).unsqueeze(0) * 2.0), target).backward()
+    torch.testing.assert_close(plain.grad, -target / 4.0)  # the plain NLL discounts it by sigma^2

@@ -1,5 +1,6 @@
-"""Data echoing (training.echo): the feature buffer, the config's checks, the pca net's features
-path and the training loop's echoed steps on a real tiny grid."""
+"""The cheap-CPU training options: data echoing (training.echo: the feature buffer, the config's
+checks, the pca net's features path, the loop's echoed steps on a real tiny grid) and the
+beta-NLL's flag (its weights: test_models_heads.py)."""
 from __future__ import annotations
 
 import argparse
@@ -65,7 +66,7 @@ def test_pca_net_on_its_features_gives_what_it_gives_on_the_input():
 
 def test_echoed_epoch_takes_echo_steps_per_fresh_batch_and_learns(tiny_grid):
     cfg = TrainConfig(grid=tiny_grid, model="pca", preset="tiny", head="diag", steps_per_epoch=6, batch_size=16,
-                      val_steps=1, echo=5, echo_buffer=64, lr=3e-3, epochs=2)
+                      val_steps=1, echo=5, echo_buffer=64, lr=3e-3, epochs=2, nll_beta=0.5)
     nets, optimisers, _ = init_worker(cfg, torch.device("cpu"), rank=0)
     runner = EpochRunner(cfg, torch.device("cpu"), 0, nets, optimisers)
     val_before = runner.validate()["val/loss"]
@@ -89,3 +90,6 @@ def test_echo_flags_reach_the_config():
                                          "--echo-buffer", "4096"]))
     assert (cfg.echo, cfg.echo_buffer) == (8, 4096)
     assert config_from_args(p.parse_args(["--grid", "g"])).echo == 1
+    assert config_from_args(p.parse_args(["--grid", "g", "--nll-beta", "0.5"])).nll_beta == 0.5
+    with pytest.raises(ValueError, match="nll_beta"):
+        TrainConfig(grid="g", nll_beta=1.5)

@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiply the learning rate by --lr-decay-factor for the last N epochs (0: never)")
     g.add_argument("--lr-decay-factor", type=float, default=default("lr_decay_factor"))
     g.add_argument("--grad-clip", type=float, default=default("grad_clip"), help="gradient norm clip (0: off)")
+    g.add_argument("--nll-beta", type=float, default=default("nll_beta"),
+                   help="train on the beta-NLL (Seitzer et al. 2022): weight each sample by its predicted variance^beta, "
+                        "0: the plain NLL, 0.5: the paper's")
     g.add_argument("--echo", type=int, default=default("echo"),
                    help="data echoing: optimiser steps per fresh batch, on batches from a buffer of the front end's "
                         "features (--model pca, task estimator; 1: off)")
@@ -116,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, val_steps=args.val_steps, batch_size=args.batch_size,
         snr_min=args.snr_min, snr_max=args.snr_max, lr=args.lr, dae_lr=args.dae_lr, weight_decay=args.weight_decay,
         dae_weight_decay=args.dae_weight_decay, lr_decay_epochs=args.lr_decay_epochs, lr_decay_factor=args.lr_decay_factor,
-        grad_clip=args.grad_clip, echo=args.echo, echo_buffer=args.echo_buffer, max_minutes=args.max_minutes, amp=args.amp, seed=args.seed, split_seed=args.split_seed,
+        grad_clip=args.grad_clip, nll_beta=args.nll_beta, echo=args.echo, echo_buffer=args.echo_buffer, max_minutes=args.max_minutes, amp=args.amp, seed=args.seed, split_seed=args.split_seed,
         num_workers=args.num_workers, local=args.local, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         storage=args.storage, run_name=args.run_name, keep_checkpoints=args.keep_checkpoints,
         experiment=args.experiment, tracking_uri=args.tracking_uri, register_name=args.register_name, alias=args.alias,

@@ -9,7 +9,7 @@ from .bundle import BundleError, Manifest, ModelBundle, Prediction
 from .dae import DAEConfig, DenoisingAutoencoder, dae_loss
 from .patch import PatchConfig, PatchEstimator
 from .pca import FrontEndNotFitted, PCAConfig, PCAEstimator
-from .heads import GaussianOutput, PhysicalGaussian, combine_gaussians, gaussian_nll, to_physical
+from .heads import GaussianOutput, PhysicalGaussian, beta_nll_weights, combine_gaussians, gaussian_nll, to_physical
 from .registry import ARCHITECTURES, ModelConfigError, build_model, config_from_dict, config_to_dict, describe
 from .resnet import ResNetConfig, ResNetEstimator
 
@@ -40,5 +40,6 @@ __all__ = [
     "dae_loss",
     "describe",
     "gaussian_nll",
+    "beta_nll_weights",
     "to_physical",
 ]

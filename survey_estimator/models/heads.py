@@ -168,6 +168,20 @@ def gaussian_nll(output: GaussianOutput, target: torch.Tensor, reduction: str = 
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
+def beta_nll_weights(output: GaussianOutput, beta: float) -> torch.Tensor:
+    """Per-sample weights (B,) of the beta-NLL (Seitzer et al. 2022, arXiv:2203.09168): the
+    predicted variance to the power ``beta``, detached, so that samples the net finds uncertain
+    (e.g. hot stars with few lines) keep their pull on the mean instead of being discounted by
+    their own large sigma (beta 0: the plain NLL, weights 1; beta 1: the mean's gradient is the
+    MSE's). With k labels the variance is the geometric mean ``det(Sigma)^(1/k)``, so the same
+    weight serves the diagonal and the full-covariance head."""
+    if beta == 0:
+        return torch.ones(output.mean.shape[0], device=output.mean.device)
+    with torch.no_grad(), torch.autocast(device_type=output.mean.device.type, enabled=False):
+        log_diag = torch.diagonal(output.scale_tril.float(), dim1=-2, dim2=-1).log()
+        return torch.exp(2.0 * beta * log_diag.mean(-1))
+
+
 def combine_gaussians(outputs: Sequence[GaussianOutput], diagonal: bool) -> GaussianOutput:
     """Average K Gaussians of the same batch into one (used by the attention net's K heads).
 

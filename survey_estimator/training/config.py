@@ -52,6 +52,9 @@ class TrainConfig:
     """The learning rate is multiplied by ``lr_decay_factor`` for the last N epochs (0 = never)."""
     lr_decay_factor: float = 0.1
     grad_clip: float = 10.0
+    nll_beta: float = 0.0
+    """Train the estimator on the beta-NLL (``models.heads.beta_nll_weights``; 0 = the seed's
+    plain NLL, 0.5 is the paper's choice); the reported losses stay the plain NLL."""
     echo: int = 1
     """Data echoing: optimiser steps per freshly drawn batch, on batches drawn from a buffer of
     the front end's features (1 = none; ``training.echo``). Only for the estimators of
@@ -107,6 +110,8 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0.0 <= self.nll_beta <= 1.0:
+            raise ValueError(f"nll_beta must lie in [0, 1], got {self.nll_beta}")
         if self.echo < 1 or self.echo_buffer < self.batch_size:
             raise ValueError(f"need echo >= 1 and echo_buffer >= batch_size, got {self.echo}, {self.echo_buffer}")
         if self.echo > 1 and (self.task != "estimator" or self.model not in ECHO_MODELS):

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..labels import LABEL_NAMES, LABEL_UNITS, LabelScaler
-from ..models import dae_loss, gaussian_nll
+from ..models import beta_nll_weights, dae_loss, gaussian_nll
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .components import base_lr, build_networks, build_optimisers, fit_front_ends
 from .config import TrainConfig
@@ -93,10 +93,10 @@ class EpochRunner:
         target = self.scaler.normalise(labels.to(torch.float32))
         with _autocast(self.device, self.amp):
             g = self.nets["estimator"](**inputs)
-        loss = gaussian_nll(g, target)
+        nll = gaussian_nll(g, target, reduction="none")
         if train:
-            self._update("estimator", loss)
-        return {"nll": loss.detach(), "abs_err": (self.scaler.denormalise(g.mean.detach().float()) - labels).abs().sum(0)}
+            self._update("estimator", (nll * beta_nll_weights(g, self.cfg.nll_beta)).mean())
+        return {"nll": nll.detach().mean(), "abs_err": (self.scaler.denormalise(g.mean.detach().float()) - labels).abs().sum(0)}
 
     def _echo_steps(self, x: torch.Tensor, labels: torch.Tensor):
         """Add the fresh batch's features to the buffer, then yield the losses of ``cfg.echo``
