@@ -3,7 +3,7 @@ each step spent generating the batch with the sampler (the GPU utilisation the s
 the sampler alone; and the validation loss each network reaches after a fixed number of samples.
 
     python bench/train.py [--grid URI] [--device auto|cpu|cuda] [--batch 16] [--steps 4] [--warmup 1]
-                          [--models resnet attention patch pca dae both resnet-stem4] [--preset seed|tiny]
+                          [--models resnet attention patch pca pca-echo16 dae both resnet-stem4] [--preset seed|tiny]
                           [--threads N] [--learn 20000] [--sampler-batch 256] [--json out.json]
 
 ``pca-echo16`` is ``pca`` with data echoing (``--echo 16``): its step trains ``16 x batch`` samples

@@ -1,7 +1,8 @@
 """Data echoing (Choi et al. 2019, arXiv:1907.05550) for estimators with a fixed front end.
 
-On the 2-core CPU the sampler draws ~200 spectra/s per worker while the ``pca`` estimator's
-trainable part (an MLP on its front end's O x K coefficients) steps at ~10,000 samples/s: each
+On the 2-core CPU the sampler draws ~165-200 spectra/s per worker while the ``pca`` estimator's
+trainable part (an MLP on its front end's O x K coefficients) steps at 8,000-16,000 samples/s
+(docs/benchmarks.md; docs/training.md): each
 freshly drawn batch is projected once (:meth:`PCAEstimator.features`) into a replay buffer of
 ``capacity`` samples, and each training step then takes ``echo`` optimiser steps on batches drawn
 at random from the buffer. A sample stays in the buffer for ``capacity / batch_size`` fresh batches
