@@ -118,6 +118,54 @@ def test_training_worker_fits_the_front_end_from_the_grid_once(tiny_grid):
     torch.testing.assert_close(est.basis, before, atol=0, rtol=0)
 
 
+def lined_orders(n: int, sigma: float, pixels: int = 4096, seed: int = 0) -> torch.Tensor:
+    """(n, 2, O, pixels) model inputs: resolved absorption lines (Gaussians of 4-8 px sigma, 5-50 %
+    deep, one per ~100 px) plus white noise of ``sigma`` (relative to the continuum)."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.arange(pixels, dtype=torch.float32)
+    n_lines = pixels // 100
+    centres = torch.rand(n, O, n_lines, 1, generator=g) * pixels
+    widths = 4 + 4 * torch.rand(n, O, n_lines, 1, generator=g)
+    depths = 0.05 + 0.45 * torch.rand(n, O, n_lines, 1, generator=g)
+    lines = (depths * torch.exp(-0.5 * ((p - centres) / widths) ** 2)).sum(2)
+    flux = -lines + sigma * torch.randn(n, O, pixels, generator=g)
+    return torch.stack([flux, torch.ones_like(flux)], dim=1)
+
+
+@pytest.mark.parametrize("sigma", [0.005, 0.02, 0.1])
+def test_order_noise_measures_the_pixel_noise_not_the_lines_nor_masked_pixels(sigma):
+    from survey_estimator.models.pca import order_noise
+
+    x = lined_orders(4, sigma)
+    noise = order_noise(x)
+    assert noise.shape == (4, O)
+    # DER_SNR reads the lines' curvature as a little noise: +10-20 % at S/N 200 on these dense lines
+    # (2-4 % on the full grid's spectra through the sampler, measured 2026-12-07)
+    assert ((noise / sigma - 1).abs() < 0.25).all(), noise / sigma
+    bad = x.clone()
+    bad[:, 0, :, 1000:1400] = 5.0  # a masked stretch of garbage: not seen
+    bad[:, 1, :, 1000:1400] = 0.0
+    torch.testing.assert_close(order_noise(bad), noise, rtol=0.05, atol=0)
+    bad[:, 1, 2] = 0.0  # a wholly masked order: the floor, not NaN
+    assert (order_noise(bad)[:, 2] == 1e-4).all()
+
+
+def test_noise_features_tell_the_net_the_snr():
+    x_lo, x_hi = lined_orders(32, 0.1, pixels=1024, seed=1), lined_orders(32, 0.005, pixels=1024, seed=1)
+    net = build_model("pca", {"input_size": [O, 1024], "noise_features": True}, preset="tiny")
+    net.fit_front_end(lined_orders(32, 0.0, pixels=1024, seed=2))
+    z_lo, z_hi = net.features(x_lo), net.features(x_hi)
+    k = O * net.config.components
+    assert z_lo.shape == (32, k + O)
+    # S/N 10 -> ~+1, S/N 200 -> ~-1.2 (the fixed standardisation), the rest unchanged
+    assert (z_lo[:, k:] - 1.0).abs().max() < 0.25 and (z_hi[:, k:] + 1.17).abs().max() < 0.25
+    plain = build_model("pca", {"input_size": [O, 1024]}, preset="tiny")
+    plain.load_state_dict({k_: v for k_, v in net.state_dict().items() if not k_.startswith(("fc.0", "head"))}, strict=False)
+    assert plain.features(x_lo).shape == (32, k)
+    torch.testing.assert_close(plain.features(x_lo), z_lo[:, :k])
+    assert isinstance(net(x_lo), GaussianOutput)
+
+
 def test_selected_by_the_cli():
     import argparse
 
