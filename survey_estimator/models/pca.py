@@ -69,8 +69,9 @@ class PCAConfig:
     dropout: float = 0.0
     noise_features: bool = False
     """Append each order's noise level, measured on the input itself (:func:`order_noise`), to the
-    coefficients: the smooth components carry almost none of the pixel noise, so without it the MLP
-    cannot tell S/N 20 from S/N 200 (False in the nets registered before 2026-12-07's fifth session)."""
+    coefficients, so that the MLP is told the S/N. Off by default (the nets registered before it
+    have no such columns); measured: no gain, the low-variance components already show the noise
+    (docs/training.md)."""
     fit_spectra: int = 4096
     """Noiseless training spectra the front end is computed from (before the first epoch)."""
 
