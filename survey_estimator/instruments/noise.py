@@ -9,6 +9,8 @@ from scipy.ndimage import median_filter
 
 DER_SNR_WINDOW = 201
 """Pixels over which the DER_SNR noise estimate is taken as a running median."""
+DER_SNR_FACTOR = 1.482602 / np.sqrt(6.0)
+"""DER_SNR (Stoehr et al. 2008): sigma = this x the median |2 f_i - f_(i-2) - f_(i+2)| for Gaussian noise."""
 
 
 def count_variance(flux_adu, conad: float, sigdet_e: float):
@@ -25,7 +27,7 @@ def count_variance(flux_adu, conad: float, sigdet_e: float):
 def der_snr_variance(flux: np.ndarray, window: int = DER_SNR_WINDOW) -> np.ndarray:
     """Local variance from the DER_SNR estimator (Stoehr et al. 2008) along the last axis.
 
-    ``sigma_i = 1.482602 / sqrt(6) * median_window |2 f_i - f_{i-2} - f_{i+2}|``; works in any flux
+    ``sigma_i = DER_SNR_FACTOR * median_window |2 f_i - f_{i-2} - f_{i+2}|``; works in any flux
     unit. Resolved absorption lines make it a slight over-estimate (conservative).
     """
     f = np.asarray(flux, dtype=np.float64)
@@ -37,7 +39,7 @@ def der_snr_variance(flux: np.ndarray, window: int = DER_SNR_WINDOW) -> np.ndarr
         g = row_in[ok]
         d = np.abs(2 * g[2:-2] - g[:-4] - g[4:])
         d = np.concatenate([d[:2], d, d[-2:]])
-        sigma = 1.482602 / np.sqrt(6.0) * median_filter(d, size=min(window, d.size), mode="nearest")
+        sigma = DER_SNR_FACTOR * median_filter(d, size=min(window, d.size), mode="nearest")
         floor = 1e-6 * max(float(np.nanmedian(np.abs(g))), 1e-30)
         row_out[ok] = np.maximum(sigma, floor) ** 2
     return out

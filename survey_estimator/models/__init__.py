@@ -37,9 +37,9 @@ __all__ = [
     "combine_gaussians",
     "config_from_dict",
     "config_to_dict",
+    "beta_nll_weights",
     "dae_loss",
     "describe",
     "gaussian_nll",
-    "beta_nll_weights",
     "to_physical",
 ]

@@ -23,20 +23,21 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..instruments.noise import DER_SNR_FACTOR
 from ..labels import LABEL_NAMES
 from .heads import GaussianOutput, make_head
 from .layers import mlp
 
 
-DER_SNR_FACTOR = 1.482602 / 6.0 ** 0.5
-"""Noise = this x the median |2 f_i - f_(i-2) - f_(i+2)| for Gaussian noise (Stoehr et al. 2008, DER_SNR)."""
 NOISE_LOG10_CENTRE, NOISE_LOG10_SPREAD = -1.6, 0.6
 """Fixed standardisation of log10(noise) (S/N 10 -> +1.0, S/N 200 -> -1.2): the front end is fitted on
 noiseless spectra, whose noise level says nothing of the range met in training."""
 
 
 def order_noise(x: torch.Tensor) -> torch.Tensor:
-    """Each order's noise level relative to the continuum, DER_SNR over the unmasked pixels.
+    """Each order's noise level relative to the continuum, DER_SNR over the unmasked pixels: one
+    median per order of batched model inputs (the readers' ``instruments.noise.der_snr_variance`` is
+    the same estimator as a running median along one file's raw flux).
 
     x: (B, 2, O, P) model input (flux - 1, mask) -> (B, O) float32 noise sigma (1 / S/N per pixel),
     at least 1e-4; an order with no unmasked pixel triple reads 1e-4 (no noise seen). The median is
