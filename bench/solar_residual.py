@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from survey_estimator.synth.pysme_backend import read_moog, read_turbospectrum
-from survey_estimator.synth.sources import atlas_model_labels, cache_dir, split_atlas_models
+from survey_estimator.synth.sources import (atlas_model_labels, prepare_atmospheres, prepare_atomic_lines,
+                                             prepare_molecular_lines, split_atlas_models)
 
 C_KMS = 299792.458
 SUN = Path("/work/shared/data/benchmarks/sun01_harps.fits")
@@ -91,7 +92,8 @@ def read_sun():
 
 
 def atomic_path() -> Path:
-    return sorted((cache_dir() / "sources").glob("atomic-*.txt"))[0]
+    """The grid's default Gaia-ESO list, cut to the band (downloaded and cut on first use)."""
+    return Path(prepare_atomic_lines().path)
 
 
 def read_atoms(path: Path):
@@ -100,12 +102,14 @@ def read_atoms(path: Path):
 
 
 def molecules():
-    """linemake molecules as in the grid, plus column ``band`` (the label's first two letters for
+    """linemake molecules as linemake gives them, plus column ``band`` (the label's first two letters for
     CH: 'AX', 'BX', 'CX' = A-X, B-X, C-X system)."""
     import pandas as pd
 
     frames = []
-    for p in sorted((cache_dir() / "sources").glob("molecules-*.txt")):
+    # linemake's lists as they come (the CH B-X system included: the table in docs/grid.md was
+    # measured against them, and ``drop_ch_bx`` is the variant the grid adopted)
+    for p in (Path(f.path) for f in prepare_molecular_lines(drop_ch_systems=())):
         df = read_moog(str(p))
         labels = [ln.split()[-1] if len(ln.split()) >= 6 else "" for ln in p.read_text().splitlines() if len(ln.split()) >= 4]
         df["band"] = [lab[:2] if sp == "CH 1" else "" for lab, sp in zip(labels, df["species"])]
@@ -114,7 +118,7 @@ def molecules():
 
 
 def node_deck(teff, logg, mh) -> str:
-    path = sorted((cache_dir() / "sources").glob("atlas9-nodes-*.txt"))[0]
+    path = Path(prepare_atmospheres().path)
     for deck in split_atlas_models(path.read_text()):
         if atlas_model_labels(deck) == (teff, logg, mh):
             return deck

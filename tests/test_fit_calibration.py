@@ -72,6 +72,8 @@ def test_the_fit_scales_its_statistical_covariance_and_keeps_the_raw_one(tiny_gr
     y = (spec + torch.randn(spec.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * var.sqrt()).numpy()
     mask = np.ones(y.shape, bool)
     assert shipped_calibration(model.grid_id) is None
+    shipped = shipped_calibration("d9572496c88b")  # the packed grid shipped as the fit's default
+    assert shipped is not None and np.all((np.asarray(shipped.scale) > 0.9) & (np.asarray(shipped.scale) < 1.4))
     plain = Fitter(model).fit(y, var.numpy(), mask, labels)
     np.testing.assert_array_equal(plain.cov_cal, plain.cov_stat)
     cal = SigmaCalibration(snr=(10.0, 100.0), scale=((2.0, 1.0, 1.0, 1.0), (0.5, 1.5, 1.0, 1.0)), n=(100, 100))

