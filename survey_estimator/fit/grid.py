@@ -45,7 +45,8 @@ def interpolation_error(grid_id: str):
 
 def default_grid() -> str | None:
     """The packed grid shipped with the package: the fgk-dwarfs nodes of the current physics (the
-    shipped network was trained on the grid it superseded, :data:`SUPERSEDED`)."""
+    shipped network was trained on the full grid of that physics; bundles trained on the grid it
+    superseded reach it through :data:`SUPERSEDED`)."""
     folder = resources.files("survey_estimator.data").joinpath("grids")
     found = sorted(str(f) for f in folder.iterdir() if f.name.endswith(".npz")) if folder.is_dir() else []
     return found[0] if found else None
