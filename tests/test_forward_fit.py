@@ -181,6 +181,22 @@ def test_grid_edge_and_missing_corner_flags(dense):
     assert res.flags[0] & int(FitFlag.AT_GRID_EDGE) and not res.flags[1] & int(FitFlag.AT_GRID_EDGE)
 
 
+
+def test_covers_only_first_guesses_the_grid_can_reach(model):
+    """A first guess more than cover_sigma of its sigmas outside the Teff / log g / [M/H] range is not
+    the fit's to make (it could only end on the edge); inside, or near the edge within its sigmas, it is."""
+    lo, hi = np.asarray(model.lo), np.asarray(model.hi)
+    mid = (lo + hi) / 2
+    sigma = np.tile([50.0, 0.1, 0.05, 1.0], (5, 1))
+    guesses = np.tile(mid, (5, 1))
+    guesses[1, 0] = lo[0] - 1.5 * 50.0  # 1.5 sigma below the Teff edge: still fitted
+    guesses[2, 1] = hi[1] + 3 * 0.1  # 3 sigma above the log g edge
+    guesses[3, 2] = lo[2] - 10 * 0.05  # a metal-poor star far below the [M/H] edge
+    guesses[4, 3] = hi[3] + 100.0  # v sin i beyond the table is the fit's to bound, not a reason to skip
+    fitter = Fitter(model)
+    assert fitter.covers(guesses, sigma).tolist() == [True, True, False, False, True]
+    assert Fitter(model, FitConfig(cover_sigma=4.0)).covers(guesses, sigma).tolist() == [True, True, True, False, True]
+
 def test_table_cache_round_trip(tiny_grid, monkeypatch, tmp_path):
     monkeypatch.setenv("SURVEY_ESTIMATOR_CACHE", str(tmp_path))
     first = ForwardModel.from_grid(tiny_grid, progress=False)

@@ -66,3 +66,18 @@ def test_estimate_uses_the_shipped_model_by_default(production, monkeypatch, cap
         # a few K apart whose order depends on those float32 sums, so the label agrees to 0.3 sigma
         assert abs(row[n] - ref[n]) <= 0.3 * ref[f"{n}_err"], n
         assert row[f"{n}_err"] == pytest.approx(ref[f"{n}_err"], rel=5e-2), n
+
+
+def test_a_star_beyond_the_fit_grid_keeps_the_network_estimate(production, monkeypatch, capsys):
+    """HD 122563 (a metal-poor giant, log g 1.6, [Fe/H] -2.7) lies far outside the shipped fit grid
+    (log g 3-5, [M/H] -1.5..+0.5): the row is the network's estimate, flagged, not a fit pinned to the edge."""
+    from survey_estimator.catalogue.schema import CatalogueFlag
+
+    monkeypatch.delenv(resolve.BUNDLE_ENV, raising=False)
+    cut = DATA / "hd122563.5095-5255.fits"  # tests/data/ORIGIN.md
+    assert run_command("estimate", ["--json", str(cut)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["status"] == "ok" and row["method"] == "network" and row["grid_id"] is None
+    assert row["flags"] & int(CatalogueFlag.BEYOND_FIT_GRID) and not row["flags"] & int(CatalogueFlag.AT_GRID_EDGE)
+    assert all(row[n] == row[f"nn_{n}"] for n in LABEL_NAMES)
+    assert row["logg"] < 2.5 and row["mh"] < -2.0  # the network's own reach: a giant, metal-poor

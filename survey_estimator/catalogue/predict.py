@@ -159,6 +159,11 @@ class Predictor:
     def _fit(self, est: Estimates, rows, x, ivar, nn_mean, nn_sigma, resolution) -> None:
         from ..fit import FitFlag, fit_spectra
 
+        covered = self.fitter.covers(nn_mean, nn_sigma)
+        est.flags[rows[~covered]] |= int(CatalogueFlag.BEYOND_FIT_GRID)  # the network's estimate stands
+        rows, x, ivar, nn_mean, nn_sigma, resolution = (a[covered] for a in (rows, x, ivar, nn_mean, nn_sigma, resolution))
+        if not len(rows):
+            return
         y = x[:, 0] + 1.0
         mask = (x[:, 1] > 0.5) & (ivar > 0)
         with np.errstate(divide="ignore"):

@@ -74,7 +74,7 @@ def _network_columns() -> list[Column]:
 
 FIT_COLUMNS: tuple[Column, ...] = (
     Column("method", pa.string(), "", "Where the estimate comes from: 'fit' (maximum-likelihood fit of the forward model, "
-                                      "started from the network) or 'network' (no grid reachable, --no-fit, or FIT_FAILED); null for error rows."),
+                                      "started from the network) or 'network' (no grid reachable, --no-fit, FIT_FAILED or BEYOND_FIT_GRID); null for error rows."),
     Column("chi2_red", pa.float64(), "", "Reduced chi^2 of the best fit with the noise alone (about 1 when the model describes "
                                          "the spectrum to the noise; real stars at high S/N sit far above 1, see model_error)."),
     Column("model_error", pa.float64(), "", "Relative model error added to the noise in the likelihood, var + (model_error * model)^2: "
@@ -141,6 +141,7 @@ class CatalogueFlag(enum.IntFlag):
     FIT_FAILED = 1 << 38
     POOR_FIT = 1 << 39
     AT_GRID_EDGE = 1 << 40
+    BEYOND_FIT_GRID = 1 << 41
 
 
 CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
@@ -156,6 +157,8 @@ CATALOGUE_FLAG_DOCS: dict[CatalogueFlag, str] = {
     CatalogueFlag.POOR_FIT: "The fit needed a model error above its threshold (model_error): the forward model cannot describe "
                             "this star (not like the grid: e.g. an M dwarf, a binary, a bad spectrum); treat the values with suspicion.",
     CatalogueFlag.AT_GRID_EDGE: "The fit ended on an edge of its grid (Teff, log g, [M/H], or v sin i at its maximum): the truth may lie beyond.",
+    CatalogueFlag.BEYOND_FIT_GRID: "The network's estimate lies more than 2 sigma outside the fit grid's Teff, log g or [M/H] range, so it was "
+                                   "not fitted (method 'network'); a grid that covers the star (--grid) fits it.",
 }
 
 

@@ -75,6 +75,9 @@ class FitConfig:
             relative model error (0 = noise only).
         poor_fit_model_error: POOR_FIT when the solved model error exceeds this (relative flux).
         wide_sigma_steps: extra starts where the network's sigma exceeds this many grid steps.
+        cover_sigma: a first guess more than this many of its sigmas outside the grid's Teff,
+            log g or [M/H] range is not fitted (:meth:`Fitter.covers`): the fit could only end
+            pinned to the edge, further from the star than the network.
         rv_limit: |RV residual| bound in km/s.
         chunk: spectra per batch (memory: ~10 MB per spectrum).
         degree: per-order continuum polynomial degree.
@@ -99,6 +102,7 @@ class FitConfig:
     model_error: str | float = "auto"
     poor_fit_model_error: float = 0.12
     wide_sigma_steps: float = 0.5
+    cover_sigma: float = 2.0
     rv_limit: float = 15.0
     chunk: int = 32
     degree: int = continuum.DEGREE
@@ -206,6 +210,19 @@ class Fitter:
             log.info("grid %s has no sigma calibration: the fit's statistical sigmas are raw", model.grid_id)
         self.calibration = calibration if self.config.calibrate else None
         """The :class:`SigmaCalibration` applied to ``cov_stat`` (None: raw)."""
+
+    def covers(self, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """(B,) bool: whether the grid's Teff, log g and [M/H] range holds each first guess to
+        within ``config.cover_sigma`` of its sigmas.
+
+        Args:
+            mean: (B, 4) first guesses in physical units (Teff K, log g, [M/H] dex, v sin i km/s).
+            sigma: (B, 4) their 1-sigma uncertainties, same units.
+        """
+        mean, sigma = np.asarray(mean, dtype=np.float64)[:, :3], np.asarray(sigma, dtype=np.float64)[:, :3]
+        reach = self.config.cover_sigma * np.nan_to_num(sigma, nan=0.0)
+        lo, hi = np.asarray(self.model.lo[:3]), np.asarray(self.model.hi[:3])
+        return ((mean + reach >= lo) & (mean - reach <= hi)).all(axis=1)
 
     # -- one pass of Levenberg-Marquardt ---------------------------------------------------------
     def _evaluate(self, theta, y, w, resolution) -> _State:
