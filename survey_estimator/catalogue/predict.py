@@ -159,9 +159,11 @@ class Predictor:
     def _fit(self, est: Estimates, rows, x, ivar, nn_mean, nn_sigma, resolution) -> None:
         from ..fit import FitFlag, fit_spectra
 
-        covered = self.fitter.covers(nn_mean, nn_sigma)
-        est.flags[rows[~covered]] |= int(CatalogueFlag.BEYOND_FIT_GRID)  # the network's estimate stands
-        rows, x, ivar, nn_mean, nn_sigma, resolution = (a[covered] for a in (rows, x, ivar, nn_mean, nn_sigma, resolution))
+        # a finite guess the fit's grid cannot reach keeps the network's estimate (a non-finite one
+        # goes on to the fit, which flags it FIT_FAILED)
+        beyond = ~self.fitter.covers(nn_mean, nn_sigma) & np.isfinite(nn_mean).all(axis=1)
+        est.flags[rows[beyond]] |= int(CatalogueFlag.BEYOND_FIT_GRID)
+        rows, x, ivar, nn_mean, nn_sigma, resolution = (a[~beyond] for a in (rows, x, ivar, nn_mean, nn_sigma, resolution))
         if not len(rows):
             return
         y = x[:, 0] + 1.0
