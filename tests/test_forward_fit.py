@@ -181,7 +181,6 @@ def test_grid_edge_and_missing_corner_flags(dense):
     assert res.flags[0] & int(FitFlag.AT_GRID_EDGE) and not res.flags[1] & int(FitFlag.AT_GRID_EDGE)
 
 
-
 def test_covers_only_first_guesses_the_grid_can_reach(model):
     """A first guess more than cover_sigma of its sigmas outside the Teff / log g / [M/H] range is not
     the fit's to make (it could only end on the edge); inside, or near the edge within its sigmas, it is."""
@@ -196,6 +195,7 @@ def test_covers_only_first_guesses_the_grid_can_reach(model):
     fitter = Fitter(model)
     assert fitter.covers(guesses, sigma).tolist() == [True, True, False, False, True]
     assert Fitter(model, FitConfig(cover_sigma=4.0)).covers(guesses, sigma).tolist() == [True, True, True, False, True]
+
 
 def test_table_cache_round_trip(tiny_grid, monkeypatch, tmp_path):
     monkeypatch.setenv("SURVEY_ESTIMATOR_CACHE", str(tmp_path))
