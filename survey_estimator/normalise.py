@@ -90,11 +90,13 @@ def _continuum_fit(flux: torch.Tensor, mask: torch.Tensor, degree: int, iteratio
     # A^T W A as one matmul against the per-pixel outer products (P, (d+1)^2): the 3-operand
     # einsum materialised a (B, O, P, d+1, d+1) intermediate and was ~20x slower at B = 256.
     n = m.sum(-1, keepdim=True)
-    for _ in range(iterations):
+    for iteration in range(iterations):
         AtWA = (w @ AA).reshape(*w.shape[:-1], degree + 1, degree + 1) + eye
         AtWf = (w * f) @ A
         coef = torch.linalg.solve(AtWA, AtWf.unsqueeze(-1)).squeeze(-1)
         fit = coef @ A.T
+        if iteration == iterations - 1:
+            break  # the last fit is the result: no weights for a next one
         r = torch.where(mask, f - fit, zero)
         sd = torch.sqrt(r.square().sum(-1, keepdim=True) / n.clamp_min(1)).clamp_min(1e-6)
         w = (mask & (r > -LOW_CLIP * sd) & (r < HIGH_CLIP * sd)).to(work)
@@ -119,15 +121,17 @@ def normalise_orders(flux: torch.Tensor, mask: torch.Tensor, variance: torch.Ten
 
 def _normalise(flux: torch.Tensor, mask: torch.Tensor, variance: torch.Tensor | None):
     mask = mask & finite(flux)
-    cont = _continuum_fit(torch.nan_to_num(flux), mask, DEGREE, ITERATIONS)
-    out = torch.nan_to_num(flux) / cont
+    flux = torch.nan_to_num(flux)
+    cont = _continuum_fit(flux, mask, DEGREE, ITERATIONS)
+    out = flux / cont
     mask = mask & finite(out)
-    out = torch.where(mask, out, torch.ones_like(out))
+    if variance is not None:
+        var = variance / cont**2
+        mask = mask & (var > 0) & (var < float("inf"))
+    out = torch.where(mask, out, torch.ones((), dtype=out.dtype, device=out.device))
     if variance is None:
         return out, mask
-    var = variance / cont**2
-    mask = mask & (var > 0) & (var < float("inf"))
-    return torch.where(mask, out, torch.ones_like(out)), mask, torch.where(mask, var, torch.full_like(var, float("inf")))
+    return out, mask, torch.where(mask, var, torch.full((), float("inf"), dtype=var.dtype, device=var.device))
 
 
 def model_input(norm_flux: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -173,6 +173,39 @@ def test_bad_pixel_mask_rates():
     assert bool(((~e[..., 0]) | (~e[..., -1])).all())  # every order lost one edge
 
 
+
+def test_sparse_hits_are_a_poisson_process_of_the_rate():
+    g = torch.Generator().manual_seed(4)
+    shape, rate = (64, 8, 4096), 1e-3
+    counts = [nuisance.sparse_hits(shape, rate, g).numel() for _ in range(20)]
+    expected = 64 * 8 * 4096 * (1 - np.exp(-rate))
+    assert abs(np.mean(counts) / expected - 1) < 0.01  # 20 draws of ~2,100 hits: 0.5 % sd
+    assert np.std(counts) > 0.5 * np.sqrt(expected)  # a random count, not a fixed one
+    hits = nuisance.sparse_hits(shape, rate, g)
+    assert bool((hits[1:] > hits[:-1]).all()) and int(hits.min()) >= 0 and int(hits.max()) < 64 * 8 * 4096
+    assert nuisance.sparse_hits(shape, 0.0, g).numel() == 0
+
+
+def test_cosmics_raise_only_the_hit_pixels_by_half_to_three_times():
+    g = torch.Generator().manual_seed(6)
+    counts = torch.full((16, 8, 4096), 200.0)
+    out = nuisance.cosmics(counts, 1e-3, g)
+    raised = out > counts
+    assert 200 < int(raised.sum()) < 850  # ~524 expected
+    ratio = (out[raised] / counts[raised] - 1)
+    assert float(ratio.min()) >= 0.5 and float(ratio.max()) <= 3.0
+    assert torch.equal(out[~raised], counts[~raised])
+
+
+@pytest.mark.parametrize("n", [5, 6, 4096])
+def test_median_rows_is_numpys_median_ties_included(n):
+    rng = np.random.default_rng(n)
+    for x in (rng.random((20, n)), rng.integers(0, 3, (20, n)).astype(float)):
+        x = x.astype(np.float32)
+        got = nuisance.median_rows(torch.from_numpy(x)).numpy()
+        assert np.array_equal(got, np.median(x.astype(np.float64), axis=1))
+
+
 # -- splits ------------------------------------------------------------------------------------------
 def test_splits_are_disjoint_isolated_and_deterministic(dense):
     s1 = split_nodes(dense.valid, dense.axes, 0.05, 0.05, seed=3)
