@@ -66,7 +66,7 @@ def test_pca_net_on_its_features_gives_what_it_gives_on_the_input():
 
 def test_echoed_epoch_takes_echo_steps_per_fresh_batch_and_learns(tiny_grid):
     cfg = TrainConfig(grid=tiny_grid, model="pca", preset="tiny", head="diag", steps_per_epoch=6, batch_size=16,
-                      val_steps=1, echo=5, echo_buffer=64, lr=3e-3, epochs=2, nll_beta=0.5)
+                      val_steps=1, echo=5, echo_buffer=64, lr=1e-3, epochs=2, nll_beta=0.5)
     nets, optimisers, _ = init_worker(cfg, torch.device("cpu"), rank=0)
     runner = EpochRunner(cfg, torch.device("cpu"), 0, nets, optimisers)
     val_before = runner.validate()["val/loss"]
@@ -76,9 +76,11 @@ def test_echoed_epoch_takes_echo_steps_per_fresh_batch_and_learns(tiny_grid):
     assert steps == {cfg.steps_per_epoch * cfg.echo}  # 30 optimiser steps from 6 fresh batches
     assert runner.buffer.size == 64  # 96 fresh samples through a 64-sample buffer
     assert runner.buffer.features.shape[1] == O * nets["estimator"].config.components
-    for _ in range(3):
+    for _ in range(2):
         runner.train_epoch()
-    assert runner.validate()["val/loss"] < val_before - 0.3  # validated on fresh spectra, no buffer
+    # validated on fresh spectra, no buffer. Three epochs at lr 1e-3 bring it down by 3.6-5.6 for
+    # seeds 0-5; longer, or at 3e-3, the 64-sample buffer is memorised and the fresh NLL spikes
+    assert runner.validate()["val/loss"] < val_before - 1.0
 
 
 def test_echo_flags_reach_the_config():
