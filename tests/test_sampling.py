@@ -188,7 +188,7 @@ def test_sparse_hits_are_a_poisson_process_of_the_rate():
 
 def test_cosmics_raise_only_the_hit_pixels_by_half_to_three_times():
     g = torch.Generator().manual_seed(6)
-    counts = torch.full((16, 8, 4096), 200.0)
+    counts = torch.full((8, 4096, 16), 200.0).permute(2, 0, 1)  # (16, 8, 4096), not contiguous
     out = nuisance.cosmics(counts, 1e-3, g)
     raised = out > counts
     assert 200 < int(raised.sum()) < 850  # ~524 expected
